@@ -1,0 +1,19 @@
+"""Errors that reach users. Each names the cause (key, file, value) so no one has to read a torch traceback."""
+
+from __future__ import annotations
+
+
+class HtgrpoError(Exception):
+    """Base class for every error the command line reports without a traceback."""
+
+
+class ConfigError(HtgrpoError, ValueError):
+    """A configuration file or override is invalid (unknown key, bad value)."""
+
+
+class PromptError(HtgrpoError, ValueError):
+    """A prompt the backbone or the shapes world cannot handle."""
+
+
+class CheckpointError(HtgrpoError, OSError):
+    """A checkpoint is missing, incomplete, corrupt or does not match the configuration."""
