@@ -22,14 +22,18 @@ class _Frozen(BaseModel):
 
 
 class BackboneConfig(_Frozen):
-    kind: Literal["tiny", "mmada", "dimoo"] = Field("tiny", description="Which masked-diffusion backbone to build.")
+    kind: Literal["tiny", "mmada", "dimoo"] = Field(
+        "tiny", description="Which masked-diffusion backbone to build."
+    )
     d_model: int = Field(192, gt=0, description="Hidden width of the transformer.")
     n_layers: int = Field(6, gt=0, description="Number of transformer blocks.")
     n_heads: int = Field(6, gt=0, description="Attention heads; d_model must be divisible by it.")
     mlp_hidden_size: int = Field(512, gt=0, description="SwiGLU hidden width (ff_proj / up_proj output).")
     rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency.")
     rms_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon.")
-    max_text_len: int = Field(16, gt=0, description="Text tokens a prompt may have (prompts are left-padded).")
+    max_text_len: int = Field(
+        16, gt=0, description="Text tokens a prompt may have (prompts are left-padded)."
+    )
     image_pos_2d: bool = Field(
         True, description="Add learned row and column embeddings to image tokens (tiny backbone only)."
     )
@@ -45,7 +49,9 @@ class BackboneConfig(_Frozen):
 
 
 class TokenizerConfig(_Frozen):
-    kind: Literal["kmeans"] = Field("kmeans", description="Image tokenizer: a k-means codebook of 8x8 patches.")
+    kind: Literal["kmeans"] = Field(
+        "kmeans", description="Image tokenizer: a k-means codebook of 8x8 patches."
+    )
     codebook_size: int = Field(512, ge=16, le=65536, description="Number of codes in the codebook.")
     train_images: int = Field(6000, gt=0, description="Rendered training images the codebook is fitted on.")
     iterations: int = Field(25, gt=0, description="k-means (Lloyd) iterations.")
@@ -55,7 +61,9 @@ class TokenizerConfig(_Frozen):
 class WorldConfig(_Frozen):
     grid: int = Field(6, ge=3, le=16, description="Cells per side; one cell (8x8 pixels) is one image token.")
     seed: int = Field(0, description="Seed of the prompt splits and the unseen colour-shape pairs.")
-    unseen_pairs: int = Field(6, ge=0, description="Colour-shape pairs held out of training (the unseen split).")
+    unseen_pairs: int = Field(
+        6, ge=0, description="Colour-shape pairs held out of training (the unseen split)."
+    )
     unseen_color_attr: int = Field(40, ge=0, description="color_attr prompts drawn into the unseen split.")
     test_per_task: dict[str, int] = Field(
         default_factory=lambda: {
@@ -101,7 +109,8 @@ class WorldConfig(_Frozen):
 
 class SamplerConfig(_Frozen):
     kind: Literal["maskgit", "emerge"] = Field(
-        "maskgit", description="maskgit: confidence-ordered (MMaDA/DiMOO); emerge: MaskGRPO's ancestral sampler."
+        "maskgit",
+        description="maskgit: confidence-ordered (MMaDA/DiMOO); emerge: MaskGRPO's ancestral sampler.",
     )
     steps: int = Field(12, gt=0, description="Denoising steps T.")
     cfg_scale: float = Field(2.0, ge=0, description="Classifier-free guidance g: (1+g)*cond - g*uncond.")
@@ -121,8 +130,11 @@ class PretrainConfig(_Frozen):
     warmup_steps: int = Field(100, ge=0, description="Linear warm-up steps, then cosine decay to 10%.")
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clipping.")
-    cond_dropout: float = Field(0.1, ge=0, le=1, description="Share of prompts replaced by the unconditional one.")
+    cond_dropout: float = Field(
+        0.1, ge=0, le=1, description="Share of prompts replaced by the unconditional one."
+    )
     min_mask_ratio: float = Field(0.0, ge=0, lt=1, description="Lower bound of the sampled mask ratio t.")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the weights that is saved (0 disables).")
     time_budget_min: float | None = Field(None, gt=0, description="Stop after this many minutes if set.")
     snapshot_every_min: float | None = Field(
         None, gt=0, description="Also save numbered snapshots this often (for the score-versus-time curve)."
@@ -138,12 +150,16 @@ class EvalConfig(_Frozen):
 
 
 class StorageConfig(_Frozen):
-    uri: str = Field("file://checkpoints", description="Where checkpoints are written: file://DIR (or s3:// later).")
+    uri: str = Field(
+        "file://checkpoints", description="Where checkpoints are written: file://DIR (or s3:// later)."
+    )
 
 
 class TrackingConfig(_Frozen):
     enabled: bool = Field(False, description="Log to MLflow.")
-    tracking_uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (sqlite file by default).")
+    tracking_uri: str = Field(
+        "sqlite:///mlflow.db", description="MLflow tracking URI (sqlite file by default)."
+    )
     experiment: str = Field("htgrpo", description="MLflow experiment name.")
 
 
@@ -160,7 +176,7 @@ class Config(_Frozen):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Experiment tracking.")
 
 
-def _format_errors(exc: ValidationError, source: str) -> str:
+def format_errors(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -213,7 +229,9 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
         except yaml.YAMLError as exc:
             raise ConfigError(f"{p}: not valid YAML ({exc})") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"{p}: the top level must be a mapping of sections, got {type(loaded).__name__}"
+            )
         data = loaded or {}
     overrides = list(overrides)
     apply_overrides(data, overrides)
@@ -222,7 +240,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, source)) from None
+        raise ConfigError(format_errors(exc, source)) from None
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

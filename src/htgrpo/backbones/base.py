@@ -55,7 +55,9 @@ class PromptBatch:
         return self.input_ids.shape[0]
 
     def repeat_interleave(self, n: int) -> PromptBatch:
-        return PromptBatch(self.input_ids.repeat_interleave(n, 0), self.attention_mask.repeat_interleave(n, 0))
+        return PromptBatch(
+            self.input_ids.repeat_interleave(n, 0), self.attention_mask.repeat_interleave(n, 0)
+        )
 
     def index(self, idx: torch.Tensor | slice) -> PromptBatch:
         return PromptBatch(self.input_ids[idx], self.attention_mask[idx])

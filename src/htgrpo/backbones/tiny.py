@@ -114,13 +114,14 @@ class TinyBackbone(Backbone):
 
     # --- network ---------------------------------------------------------------------------------------
     def build_sequence(self, prompt: PromptBatch, image_state: torch.Tensor):
-        b = image_state.shape[0]
-        soi = torch.full((b, 1), self.text.special("<|soi|>"), dtype=torch.long)
-        eoi = torch.full((b, 1), self.text.special("<|eoi|>"), dtype=torch.long)
-        ids = torch.cat([prompt.input_ids, soi, self.codes_to_ids(image_state), eoi], dim=1)
-        att = torch.cat([prompt.attention_mask, torch.ones((b, self.layout.num_tokens + 2), dtype=torch.long)], 1)
+        b, dev = image_state.shape[0], image_state.device
+        soi = torch.full((b, 1), self.text.special("<|soi|>"), dtype=torch.long, device=dev)
+        eoi = torch.full((b, 1), self.text.special("<|eoi|>"), dtype=torch.long, device=dev)
+        ids = torch.cat([prompt.input_ids.to(dev), soi, self.codes_to_ids(image_state), eoi], dim=1)
+        ones = torch.ones((b, self.layout.num_tokens + 2), dtype=torch.long, device=dev)
+        att = torch.cat([prompt.attention_mask.to(dev), ones], 1)
         start = prompt.input_ids.shape[1] + 1
-        return ids, att, torch.arange(start, start + self.layout.num_tokens)
+        return ids, att, torch.arange(start, start + self.layout.num_tokens, device=dev)
 
     def network_logits(self, input_ids, attention_mask, image_positions):
         extra = None
@@ -128,8 +129,15 @@ class TinyBackbone(Backbone):
             g = self.layout.grid_w
             cells = torch.arange(self.layout.num_tokens, device=input_ids.device)
             pos = self.row_emb(cells // g) + self.col_emb(cells % g)
-            extra = torch.zeros(*input_ids.shape, self.cfg.d_model, dtype=pos.dtype, device=pos.device)
-            extra[:, image_positions] = pos
+            # added to the image positions only; the prompt part gets zeros
+            lead = torch.zeros(int(image_positions[0]), self.cfg.d_model, dtype=pos.dtype, device=pos.device)
+            tail = torch.zeros(
+                input_ids.shape[1] - int(image_positions[-1]) - 1,
+                self.cfg.d_model,
+                dtype=pos.dtype,
+                device=pos.device,
+            )
+            extra = torch.cat([lead, pos, tail])[None]
         hidden = self.net.hidden_states(input_ids, attention_mask, extra)
         start, stop = self.layout.code_slice()
         return self.net.slice_logits(hidden[:, image_positions], start, stop)

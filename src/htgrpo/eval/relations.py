@@ -9,7 +9,9 @@ POSITION_THRESHOLD = 0.1
 RELATIONS = ("left of", "right of", "above", "below")
 
 
-def relations(box_a: Sequence[float], box_b: Sequence[float], threshold: float = POSITION_THRESHOLD) -> set[str]:
+def relations(
+    box_a: Sequence[float], box_b: Sequence[float], threshold: float = POSITION_THRESHOLD
+) -> set[str]:
     """Relations in which object A stands to object B. Boxes are [x1, y1, x2, y2]; image y points down.
 
     offset = centre_A - centre_B; each axis is shrunk by threshold * (size_A + size_B) towards 0; if both shrunk
@@ -20,7 +22,9 @@ def relations(box_a: Sequence[float], box_b: Sequence[float], threshold: float =
     bx1, by1, bx2, by2 = box_b
     off = ((ax1 + ax2) / 2 - (bx1 + bx2) / 2, (ay1 + ay2) / 2 - (by1 + by2) / 2)
     size_sum = ((ax2 - ax1) + (bx2 - bx1), (ay2 - ay1) + (by2 - by1))
-    revised = [max(abs(o) - threshold * s, 0.0) * math.copysign(1.0, o) for o, s in zip(off, size_sum, strict=True)]
+    revised = [
+        max(abs(o) - threshold * s, 0.0) * math.copysign(1.0, o) for o, s in zip(off, size_sum, strict=True)
+    ]
     if abs(revised[0]) < 1e-3 and abs(revised[1]) < 1e-3:
         return set()
     norm = math.hypot(*off)

@@ -26,17 +26,25 @@ def images_to_patches(images: np.ndarray, patch: int = PATCH) -> torch.Tensor:
     if h % patch or w % patch:
         raise ValueError(f"image size {h}x{w} is not a multiple of the {patch}-pixel patch")
     x = torch.from_numpy(np.ascontiguousarray(images)).view(b, h // patch, patch, w // patch, patch, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(b, (h // patch) * (w // patch), patch * patch * c).float() / 255.0
+    return (
+        x.permute(0, 1, 3, 2, 4, 5).reshape(b, (h // patch) * (w // patch), patch * patch * c).float() / 255.0
+    )
 
 
 def patches_to_images(patches: torch.Tensor, grid: tuple[int, int], patch: int = PATCH) -> np.ndarray:
     b = patches.shape[0]
     gh, gw = grid
-    x = patches.reshape(b, gh, gw, patch, patch, 3).permute(0, 1, 3, 2, 4, 5).reshape(b, gh * patch, gw * patch, 3)
+    x = (
+        patches.reshape(b, gh, gw, patch, patch, 3)
+        .permute(0, 1, 3, 2, 4, 5)
+        .reshape(b, gh * patch, gw * patch, 3)
+    )
     return (x.clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
 
 
-def _nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+def _nearest(
+    x: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Index of and squared distance to the nearest centroid for each row of x."""
     c_sq = (centroids * centroids).sum(1)
     idx, dist = [], []
@@ -60,7 +68,12 @@ class PatchKMeansTokenizer(ImageTokenizer):
 
     @classmethod
     def fit(
-        cls, images: np.ndarray, codebook_size: int, iterations: int = 25, seed: int = 0, progress: bool = True
+        cls,
+        images: np.ndarray,
+        codebook_size: int,
+        iterations: int = 25,
+        seed: int = 0,
+        progress: bool = True,
     ) -> PatchKMeansTokenizer:
         x = images_to_patches(images).reshape(-1, PATCH * PATCH * 3)
         # Duplicates carry weight in Lloyd's updates, but k-means++ seeding runs on unique patches so that a rare
@@ -107,7 +120,7 @@ class PatchKMeansTokenizer(ImageTokenizer):
         return {"codebook": self.codebook}
 
     def save(self, path: str | Path) -> None:
-        save_file(self.state_dict(), str(path), metadata={"kind": "kmeans", "patch": str(PATCH)})
+        save_file(self.state_dict(), str(path), metadata={"format": f"htgrpo-kmeans-patch{PATCH}"})
 
     @classmethod
     def load(cls, path: str | Path) -> PatchKMeansTokenizer:

@@ -97,7 +97,9 @@ def color_attr(a: str, c1: str, b: str, c2: str) -> Metadata:
     }
 
 
-def prompt_space(task: str, shapes: Sequence[str] = SHAPES, colours: Sequence[str] = COLOR_NAMES) -> list[Metadata]:
+def prompt_space(
+    task: str, shapes: Sequence[str] = SHAPES, colours: Sequence[str] = COLOR_NAMES
+) -> list[Metadata]:
     """Every prompt of one task, in a fixed order."""
     if task == "single_object":
         return [single_object(s) for s in shapes]
@@ -181,8 +183,9 @@ def make_splits(
         n_test = test_per_task.get(task, 0)
         n_val = val_per_task.get(task, 0)
         if task in SHARED_PROMPT_TASKS:
-            test.extend(sorted(seen, key=lambda m: m["prompt"])[: n_test or None])
-            val.extend(seen[: n_val or None])
+            # `seen` is shuffled, so a partial test set still mixes shapes and numbers
+            test.extend(seen[:n_test])
+            val.extend(seen[-n_val:] if n_val else [])
             train.extend(seen)
             continue
         if n_test + n_val >= len(seen):

@@ -29,7 +29,7 @@ SHAPE_TEMPLATES: dict[str, np.ndarray] = {
     "triangle": _template(lambda y, x: np.abs(x - _C) <= y / 2),
     "diamond": _template(lambda y, x: np.abs(x - _C) + np.abs(y - _C) <= 3),
     "cross": _template(lambda y, x: (np.abs(x - _C) <= 1) | (np.abs(y - _C) <= 1)),
-    "ring": _template(lambda y, x: (np.maximum(np.abs(x - _C), np.abs(y - _C)) >= 2)),
+    "ring": _template(lambda y, x: np.maximum(np.abs(x - _C), np.abs(y - _C)) >= 2),
 }
 """7x7 boolean masks, True where the shape's colour is painted."""
 

@@ -7,6 +7,7 @@ that later tokens must paint consistently while objects (one token each) are the
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -96,7 +97,7 @@ def _prompt_index() -> dict[str, Metadata]:
 def metadata_for_prompt(prompt: str) -> Metadata:
     """GenEval metadata of a prompt in the world's grammar; PromptError if the world cannot render it."""
     key = " ".join(prompt.lower().split())
-    meta = _prompt_index().get(key)
+    meta = copy.deepcopy(_prompt_index().get(key))
     if meta is None:
         raise PromptError(
             f"the shapes world cannot render {prompt!r}: it is not a GenEval-grammar prompt over the shapes "

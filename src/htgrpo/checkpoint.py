@@ -1,0 +1,167 @@
+"""Checkpoints: a directory of safetensors files plus a manifest, written last.
+
+Layout of a checkpoint directory::
+
+    config.json              the full run configuration and what the weights need to be rebuilt
+    model.safetensors        backbone weights
+    image_tokenizer.safetensors
+    manifest.json            sizes and sha256 of the files above; written last
+
+A directory without a manifest, or whose files do not match it, is not a checkpoint: loading it fails with a
+message that says which file is missing or damaged. Saving writes into a temporary sibling directory and renames
+it into place, so a killed process never leaves a half-written checkpoint under the final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+
+from htgrpo.backbones.tiny import TinyBackbone
+from htgrpo.config import Config, config_to_dict
+from htgrpo.errors import CheckpointError
+from htgrpo.tokenizers.kmeans import PatchKMeansTokenizer
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _strip_prefix(path: str) -> Path:
+    return Path(path[len("file://") :]) if path.startswith("file://") else Path(path)
+
+
+def save_checkpoint(
+    directory: str | Path, backbone: TinyBackbone, cfg: Config, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write a whole checkpoint atomically (temporary directory, manifest last, rename)."""
+    final = _strip_prefix(str(directory))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{time.time_ns()}"
+    tmp.mkdir()
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "htgrpo-backbone"})
+        backbone.image_tokenizer.save(tmp / "image_tokenizer.safetensors")
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "config": config_to_dict(cfg),
+            "backbone": {
+                "kind": cfg.backbone.kind,
+                "vocab_size": backbone.llada_config.vocab_size,
+                "codebook_size": backbone.layout.codebook_size,
+                "grid": backbone.layout.grid_h,
+                "text_vocab": backbone.text.tokens,
+                "parameters": backbone.num_parameters(),
+            },
+            "extra": extra or {},
+        }
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2))
+        files = {
+            p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(tmp.iterdir())
+            if p.is_file()
+        }
+        (tmp / MANIFEST).write_text(json.dumps({"format_version": FORMAT_VERSION, "files": files}, indent=2))
+        if final.exists():
+            backup = final.parent / f".{final.name}.old-{time.time_ns()}"
+            final.rename(backup)
+            tmp.rename(final)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
+    """Check the manifest against the files; return the parsed config.json."""
+    d = _strip_prefix(str(directory))
+    if not d.is_dir():
+        raise CheckpointError(f"checkpoint {d} does not exist")
+    manifest_path = d / MANIFEST
+    if not manifest_path.is_file():
+        raise CheckpointError(f"checkpoint {d} is incomplete: it has no {MANIFEST} (was its writer killed?)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise CheckpointError(f"checkpoint {d}: {MANIFEST} is not a valid manifest") from None
+    for name, info in files.items():
+        p = d / name
+        if not p.is_file():
+            raise CheckpointError(f"checkpoint {d}: {name} is listed in the manifest but missing")
+        if p.stat().st_size != info["bytes"] or sha256_file(p) != info["sha256"]:
+            raise CheckpointError(
+                f"checkpoint {d}: {name} does not match its sha256 in the manifest (corrupt)"
+            )
+    for required in ("config.json", "model.safetensors", "image_tokenizer.safetensors"):
+        if required not in files:
+            raise CheckpointError(f"checkpoint {d}: the manifest lists no {required}")
+    return json.loads((d / "config.json").read_text())
+
+
+def load_checkpoint(directory: str | Path, cfg: Config | None = None) -> tuple[TinyBackbone, Config]:
+    """Rebuild the backbone saved in `directory`. With `cfg`, its backbone section must match the checkpoint's."""
+    d = _strip_prefix(str(directory))
+    meta = verify_checkpoint(d)
+    saved_cfg = Config.model_validate(meta["config"])
+    if cfg is not None and cfg.backbone != saved_cfg.backbone:
+        diffs = [
+            f"backbone.{k}: config {getattr(cfg.backbone, k)!r} vs checkpoint {getattr(saved_cfg.backbone, k)!r}"
+            for k in type(cfg.backbone).model_fields
+            if getattr(cfg.backbone, k) != getattr(saved_cfg.backbone, k)
+        ]
+        raise CheckpointError(f"checkpoint {d} does not match the configuration: " + "; ".join(diffs))
+    tokenizer = PatchKMeansTokenizer.load(d / "image_tokenizer.safetensors")
+    expected_codes = meta["backbone"]["codebook_size"]
+    if tokenizer.codebook_size != expected_codes:
+        raise CheckpointError(
+            f"checkpoint {d}: image tokenizer has {tokenizer.codebook_size} codes, the backbone expects {expected_codes}"
+        )
+    backbone = TinyBackbone(saved_cfg.backbone, tokenizer, meta["backbone"]["grid"])
+    if backbone.text.tokens != meta["backbone"]["text_vocab"]:
+        raise CheckpointError(f"checkpoint {d}: its text vocabulary differs from this version's")
+    state = load_file(str(d / "model.safetensors"))
+    own = backbone.state_dict()
+    bad = [
+        f"{k}: checkpoint {list(v.shape)} vs model {list(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
+    ]
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if bad or missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {d}: weights do not fit the backbone (vocabulary or codebook size mismatch?): "
+            + "; ".join(
+                bad[:5] + [f"missing {m}" for m in missing[:5]] + [f"unexpected {u}" for u in unexpected[:5]]
+            )
+        )
+    backbone.load_state_dict(state, strict=True)
+    backbone.eval()
+    return backbone, saved_cfg
+
+
+def checkpoint_sha(directory: str | Path) -> str:
+    """A short content digest of a checkpoint (its manifest's hash)."""
+    return sha256_file(_strip_prefix(str(directory)) / MANIFEST)[:16]
+
+
+__all__ = ["save_checkpoint", "load_checkpoint", "verify_checkpoint", "checkpoint_sha"]

@@ -1,0 +1,220 @@
+"""The `htgrpo` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from htgrpo.errors import HtgrpoError
+
+DEFAULT_CONFIG = "configs/tiny.yaml"
+
+
+def _add_config_args(p: argparse.ArgumentParser, config_default: str | None = DEFAULT_CONFIG) -> None:
+    p.add_argument("--config", default=config_default, help="YAML run configuration")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set sampler.steps=16 (repeatable)",
+    )
+
+
+def _threads() -> None:
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("HTGRPO_THREADS", os.cpu_count() or 1)))
+
+
+def _checkpoint_config(checkpoint: str, config_path: str | None, overrides: list[str]):
+    """The checkpoint's own configuration, then a config file (if given), then --set overrides."""
+    from pydantic import ValidationError
+
+    from htgrpo.checkpoint import verify_checkpoint
+    from htgrpo.config import Config, ConfigError, apply_overrides, format_errors, load_config
+
+    meta = verify_checkpoint(checkpoint)
+    if config_path:
+        return load_config(config_path, overrides)
+    data: dict[str, Any] = json.loads(json.dumps(meta["config"]))
+    apply_overrides(data, overrides)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        source = f"{checkpoint}/config.json" + (f" (with --set {' '.join(overrides)})" if overrides else "")
+        raise ConfigError(format_errors(exc, source)) from None
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from htgrpo.config import load_config
+    from htgrpo.pretrain import pretrain
+
+    _threads()
+    cfg = load_config(args.config, args.overrides)
+    result = pretrain(cfg, args.out, snapshot_dir=args.snapshots)
+    print(
+        json.dumps(
+            {
+                "checkpoint": str(result.checkpoint),
+                "steps": result.steps,
+                "minutes": round(result.seconds / 60, 2),
+                "final_loss": round(result.final_loss, 4),
+            }
+        )
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from htgrpo.checkpoint import load_checkpoint
+    from htgrpo.evaluate import evaluate_shapes, markdown_table, write_report
+    from htgrpo.viz import save_grid
+
+    if args.benchmark != "shapes":
+        raise HtgrpoError(
+            f"benchmark {args.benchmark!r} is not available yet; this version evaluates --benchmark shapes"
+        )
+    _threads()
+    cfg = _checkpoint_config(args.checkpoint, args.config, args.overrides)
+    backbone, _ = load_checkpoint(args.checkpoint, cfg)
+    report, images, metas = evaluate_shapes(
+        backbone, cfg, split=args.split, images_per_prompt=args.images_per_prompt, seed=args.seed
+    )
+    report["checkpoint"] = str(args.checkpoint)
+    out = write_report(report, args.out, name=Path(args.checkpoint).name)
+    if args.grid:
+        step = max(1, len(images) // 32)
+        save_grid(
+            out.with_suffix(".png"),
+            images[::step][:32],
+            caption=f"{args.checkpoint}: every {step}th image of the {report['split']} split",
+            labels=[m["prompt"].removeprefix("a photo of ") for m in metas[::step][:32]],
+            scale=3,
+            cols=8,
+        )
+    print(markdown_table(report, Path(args.checkpoint).name))
+    print(f"report written to {out}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from htgrpo.checkpoint import load_checkpoint
+    from htgrpo.sampling import sample
+    from htgrpo.viz import save_grid
+
+    _threads()
+    cfg = _checkpoint_config(args.checkpoint, args.config, args.overrides)
+    backbone, _ = load_checkpoint(args.checkpoint, cfg)
+    backbone.encode_prompts([args.prompt])  # a prompt outside the vocabulary fails here, clearly
+    gen = torch.Generator().manual_seed(args.seed)
+    result = sample(backbone, [args.prompt] * args.n, cfg.sampler, gen)
+    images = result.decode(backbone)
+    caption = args.prompt
+    if args.score:
+        from htgrpo.world.detect import ShapeDetector, score_images
+        from htgrpo.world.render import metadata_for_prompt
+
+        meta = metadata_for_prompt(args.prompt)
+        records = score_images([meta] * args.n, images, ShapeDetector())
+        correct = sum(r["correct"] for r in records)
+        caption += f"  ({correct}/{args.n} correct)"
+    path = save_grid(args.out, images, caption=caption, cols=min(args.n, 8))
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_world(args: argparse.Namespace) -> int:
+    from htgrpo.config import load_config
+    from htgrpo.world.dataset import splits_for
+    from htgrpo.world.grammar import write_jsonl
+
+    cfg = load_config(args.config, args.overrides)
+    rows = splits_for(cfg.world).get(args.split)
+    path = write_jsonl(rows, args.out)
+    print(f"wrote {len(rows)} GenEval metadata rows of the {args.split} split to {path}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from htgrpo.config import config_to_dict, load_config
+
+    cfg = load_config(args.config, args.overrides)
+    print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="htgrpo", description="HT-GRPO for discrete-diffusion T2I models")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="train the image tokenizer and the base backbone on the shapes world")
+    _add_config_args(p)
+    p.add_argument("--out", default="checkpoints/base", help="checkpoint directory to write")
+    p.add_argument(
+        "--snapshots", default=None, help="directory for timed snapshots (score-versus-time curve)"
+    )
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("evaluate", help="score a checkpoint on a benchmark")
+    p.add_argument("--benchmark", default="shapes", help="benchmark name (shapes)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    p.add_argument("--out", required=True, help="report JSON path (a .md table is written beside it)")
+    p.add_argument("--split", default=None, choices=["train", "val", "test", "unseen"], help="prompt split")
+    p.add_argument("--images-per-prompt", type=int, default=None, help="images per prompt (default 4)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed")
+    p.add_argument("--grid", action="store_true", help="also write a PNG grid of samples beside the report")
+    _add_config_args(p, config_default=None)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("sample", help="sample images for one prompt into a PNG grid")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    p.add_argument("--prompt", required=True, help='e.g. "a photo of a red circle"')
+    p.add_argument("--n", type=int, default=8, help="number of images")
+    p.add_argument("--out", default="grid.png", help="PNG path")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--score", action="store_true", help="score the images with the shape detector")
+    _add_config_args(p, config_default=None)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("world", help="write a split's GenEval metadata as JSONL")
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "unseen"])
+    p.add_argument("--out", required=True, help="JSONL path")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_world)
+
+    p = sub.add_parser("config", help="print the resolved configuration")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "n", 1) is not None and getattr(args, "n", 1) < 1:
+        print("error: --n must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except HtgrpoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""Base-model pretraining on the shapes world: the image tokenizer, then the masked-diffusion objective.
+
+Objective (MMaDA / LLaDA): draw t ~ U(min_mask_ratio, 1) per scene, mask every image token independently with
+probability t, and minimise  (1/N) * sum_{masked i} -log p(x0_i | x_t, c) / t. A share of prompts is replaced by the
+unconditional template so the same network serves classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from htgrpo.backbones.base import MASK_CODE, PromptBatch
+from htgrpo.backbones.tiny import TinyBackbone
+from htgrpo.checkpoint import save_checkpoint
+from htgrpo.config import Config
+from htgrpo.tokenizers.kmeans import PatchKMeansTokenizer
+from htgrpo.world.dataset import WorldDataset, build_dataset, draw_prompts, render_rows, splits_for
+
+
+def train_tokenizer(cfg: Config, progress: bool = True) -> PatchKMeansTokenizer:
+    """Fit the k-means patch codebook on freshly rendered training scenes."""
+    tc = cfg.tokenizer
+    splits = splits_for(cfg.world)
+    rng = np.random.default_rng(tc.seed + 7919)
+    index = draw_prompts(splits.train, cfg.world.task_weights, tc.train_images, rng)
+    images = render_rows([splits.train[i] for i in index], rng, cfg.world.grid, splits.unseen_pairs)
+    return PatchKMeansTokenizer.fit(images, tc.codebook_size, tc.iterations, tc.seed, progress=progress)
+
+
+def masked_diffusion_loss(
+    backbone: TinyBackbone,
+    prompt: PromptBatch,
+    x0: torch.Tensor,
+    generator: torch.Generator,
+    min_ratio: float = 0.0,
+) -> torch.Tensor:
+    b, n = x0.shape
+    t = min_ratio + (1 - min_ratio) * torch.rand(b, 1, generator=generator)
+    t = t.clamp_min(1.0 / n)
+    mask = torch.rand(b, n, generator=generator) < t
+    # every scene scores at least one token
+    none = ~mask.any(1)
+    if none.any():
+        mask[none, torch.randint(n, (int(none.sum()),), generator=generator)] = True
+    xt = torch.where(mask, torch.full_like(x0, MASK_CODE), x0)
+    logits = backbone.logits(prompt, xt)
+    ce = F.cross_entropy(logits.reshape(b * n, -1).float(), x0.reshape(-1), reduction="none").view(b, n)
+    return ((ce * mask) / t).sum() / (b * n)
+
+
+@dataclass
+class PretrainResult:
+    checkpoint: Path
+    steps: int
+    seconds: float
+    final_loss: float
+    snapshots: list[tuple[float, int, Path]]
+    """(minutes, step, path) of the snapshots taken for the score-versus-time curve."""
+
+
+class PromptTable:
+    """All training prompts tokenised once into one left-padded table (plus the unconditional row)."""
+
+    def __init__(self, backbone: TinyBackbone, prompts: list[dict]) -> None:
+        cond = backbone.encode_prompts([p["prompt"] for p in prompts])
+        uncond = backbone.encode_uncond(1)
+        both = PromptBatch.cat([cond, uncond], backbone.pad_id)
+        self.ids, self.att = both.input_ids, both.attention_mask
+        self.uncond_row = self.ids.shape[0] - 1
+
+    def batch(self, index: torch.Tensor, drop: torch.Tensor) -> PromptBatch:
+        rows = torch.where(drop, torch.full_like(index, self.uncond_row), index)
+        return PromptBatch(self.ids[rows], self.att[rows])
+
+
+def pretrain(
+    cfg: Config,
+    out: str | Path,
+    tokenizer: PatchKMeansTokenizer | None = None,
+    dataset: WorldDataset | None = None,
+    progress: bool = True,
+    snapshot_dir: str | Path | None = None,
+) -> PretrainResult:
+    pc = cfg.pretrain
+    torch.manual_seed(pc.seed)
+    if tokenizer is None:
+        tokenizer = train_tokenizer(cfg, progress)
+    if dataset is None:
+        dataset = build_dataset(cfg.world, tokenizer, seed=pc.seed, progress=progress)
+    backbone = TinyBackbone(cfg.backbone, tokenizer, cfg.world.grid)
+    backbone.train()
+    ema = copy.deepcopy(backbone).eval() if pc.ema_decay > 0 else None
+    table = PromptTable(backbone, dataset.prompts)
+    decay, no_decay = [], []
+    for name, p in backbone.named_parameters():
+        (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": pc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=pc.lr,
+        betas=(0.9, 0.98),
+    )
+
+    def lr_at(step: int) -> float:
+        if step < pc.warmup_steps:
+            return pc.lr * (step + 1) / pc.warmup_steps
+        frac = (step - pc.warmup_steps) / max(pc.steps - pc.warmup_steps, 1)
+        return pc.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+    gen = torch.Generator().manual_seed(pc.seed)
+    start = time.perf_counter()
+    snapshots: list[tuple[float, int, Path]] = []
+    next_snapshot = pc.snapshot_every_min
+    loss_avg = float("nan")
+    bar = tqdm(range(pc.steps), desc="pretraining", disable=not progress)
+    step = 0
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        idx = torch.randint(len(dataset), (pc.batch_size,), generator=gen)
+        x0 = dataset.codes[idx]
+        drop = torch.rand(pc.batch_size, generator=gen) < pc.cond_dropout
+        prompt = table.batch(dataset.prompt_index[idx], drop)
+        loss = masked_diffusion_loss(backbone, prompt, x0, gen, pc.min_mask_ratio)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(backbone.parameters(), pc.grad_clip)
+        opt.step()
+        if ema is not None:
+            with torch.no_grad():
+                d = min(pc.ema_decay, (1 + step) / (10 + step))
+                for pe, pm in zip(ema.parameters(), backbone.parameters(), strict=True):
+                    pe.lerp_(pm, 1 - d)
+        loss_avg = loss.item() if math.isnan(loss_avg) else 0.98 * loss_avg + 0.02 * loss.item()
+        if step % pc.log_every == 0:
+            bar.set_postfix(loss=f"{loss_avg:.3f}", lr=f"{lr_at(step):.1e}")
+        minutes = (time.perf_counter() - start) / 60
+        if snapshot_dir is not None and next_snapshot is not None and minutes >= next_snapshot:
+            path = Path(snapshot_dir) / f"step-{step + 1:06d}"
+            save_checkpoint(path, ema or backbone, cfg, {"step": step + 1, "minutes": minutes})
+            snapshots.append((minutes, step + 1, path))
+            next_snapshot += pc.snapshot_every_min
+        if pc.time_budget_min is not None and minutes >= pc.time_budget_min:
+            break
+    seconds = time.perf_counter() - start
+    final = ema or backbone
+    final.eval()
+    ckpt = save_checkpoint(
+        out, final, cfg, {"step": step + 1, "seconds": round(seconds, 1), "final_loss": round(loss_avg, 4)}
+    )
+    if snapshot_dir is not None:
+        path = Path(snapshot_dir) / f"step-{step + 1:06d}"
+        save_checkpoint(path, final, cfg, {"step": step + 1, "minutes": seconds / 60})
+        snapshots.append((seconds / 60, step + 1, path))
+    return PretrainResult(ckpt, step + 1, seconds, loss_avg, snapshots)

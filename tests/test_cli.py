@@ -1,0 +1,293 @@
+"""The `htgrpo` command line, in-process through `main([...])` and once through a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from htgrpo.backbones.tiny import TinyBackbone
+from htgrpo.checkpoint import save_checkpoint
+from htgrpo.cli import main
+from htgrpo.config import load_config
+from htgrpo.tokenizers.kmeans import PatchKMeansTokenizer
+from htgrpo.world.dataset import splits_for
+from htgrpo.world.grammar import TASKS, read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+SMALL = [
+    "backbone.d_model=32",
+    "backbone.n_layers=2",
+    "backbone.n_heads=2",
+    "backbone.mlp_hidden_size=64",
+    "tokenizer.codebook_size=64",
+]
+
+
+@pytest.fixture(autouse=True)
+def in_repo(monkeypatch):
+    """Run from the repository root (the default --config is relative) with one torch thread for the tiny model."""
+    before = torch.get_num_threads()
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("HTGRPO_THREADS", "1")
+    yield
+    torch.set_num_threads(before)
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """A randomly initialised tiny checkpoint (d_model 32, 2 layers, 64 random codes)."""
+    cfg = load_config(TINY, SMALL)
+    torch.manual_seed(0)
+    tok = PatchKMeansTokenizer(torch.rand(64, 192, generator=torch.Generator().manual_seed(0)))
+    bb = TinyBackbone(cfg.backbone, tok, cfg.world.grid).eval()
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", bb, cfg)
+
+
+# --- config ---------------------------------------------------------------------------------------------------
+
+
+def test_config_prints_the_resolved_config_with_overrides(capsys):
+    rc, out, err = run(capsys, "config", "--config", str(TINY), "--set", "sampler.steps=3")
+    assert rc == 0, err
+    printed = yaml.safe_load(out)
+    assert printed["sampler"]["steps"] == 3
+    assert printed["backbone"]["d_model"] == 192  # the rest comes from the file
+    assert set(printed) == {
+        "backbone",
+        "tokenizer",
+        "world",
+        "sampler",
+        "pretrain",
+        "eval",
+        "storage",
+        "tracking",
+    }
+
+
+def test_config_uses_the_default_config_file(capsys):
+    rc, out, _ = run(capsys, "config")
+    assert rc == 0
+    assert yaml.safe_load(out) == json.loads(json.dumps(load_config(TINY).model_dump(mode="json")))
+
+
+def test_config_unknown_key_is_exit_2_without_traceback(capsys):
+    rc, out, err = run(capsys, "config", "--set", "sampler.stepz=3")
+    assert rc == 2
+    assert out == ""
+    assert err.startswith("error: ")
+    assert "sampler.stepz" in err and "unknown key" in err
+    assert "Traceback" not in err
+
+
+def test_config_bad_value_and_missing_file(capsys, tmp_path):
+    rc, _, err = run(capsys, "config", "--set", "sampler.steps=-1")
+    assert rc == 2 and "sampler.steps" in err and "-1" in err
+    missing = tmp_path / "none.yaml"
+    rc, _, err = run(capsys, "config", "--config", str(missing))
+    assert rc == 2 and str(missing) in err
+    rc, _, err = run(capsys, "config", "--set", "sampler.steps")
+    assert rc == 2 and "KEY=VALUE" in err
+
+
+def test_argparse_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["evaluate", "--checkpoint", "x"])  # --out is required
+    assert info.value.code == 2
+    assert "--out" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["frobnicate"])
+    assert info.value.code == 2
+
+
+# --- world -------------------------------------------------------------------------------------------------
+
+
+def test_world_writes_a_split_as_jsonl(capsys, tmp_path):
+    out_path = tmp_path / "sub" / "test.jsonl"
+    rc, out, err = run(capsys, "world", "--split", "test", "--out", str(out_path))
+    assert rc == 0, err
+    rows = read_jsonl(out_path)
+    expected = splits_for(load_config(TINY).world).test
+    assert rows == expected
+    assert {r["tag"] for r in rows} == set(TASKS)
+    assert f"wrote {len(rows)} GenEval metadata rows of the test split" in out
+
+
+def test_world_rejects_an_unknown_split(capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        main(["world", "--split", "holdout", "--out", str(tmp_path / "x.jsonl")])
+    assert info.value.code == 2
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+# --- evaluate / sample ------------------------------------------------------------------------------------
+
+
+def test_evaluate_missing_checkpoint_names_the_path(capsys, tmp_path):
+    missing = tmp_path / "missing_dir"
+    rc, out, err = run(capsys, "evaluate", "--checkpoint", str(missing), "--out", str(tmp_path / "r.json"))
+    assert rc == 2
+    assert err.startswith("error: ") and str(missing) in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_evaluate_incomplete_checkpoint(capsys, tmp_path, tiny_ckpt):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_ckpt, broken)
+    (broken / "manifest.json").unlink()
+    rc, _, err = run(capsys, "evaluate", "--checkpoint", str(broken), "--out", str(tmp_path / "r.json"))
+    assert rc == 2 and "incomplete" in err and str(broken) in err
+
+
+def test_evaluate_unknown_benchmark(capsys, tmp_path, tiny_ckpt):
+    rc, _, err = run(
+        capsys,
+        "evaluate",
+        "--benchmark",
+        "geneval",
+        "--checkpoint",
+        str(tiny_ckpt),
+        "--out",
+        str(tmp_path / "r.json"),
+    )
+    assert rc == 2 and "'geneval'" in err
+
+
+def test_evaluate_tiny_checkpoint_writes_a_report(capsys, tmp_path, tiny_ckpt):
+    report_path = tmp_path / "reports" / "tiny.json"
+    rc, out, err = run(
+        capsys,
+        "evaluate",
+        "--checkpoint",
+        str(tiny_ckpt),
+        "--out",
+        str(report_path),
+        "--split",
+        "val",
+        "--images-per-prompt",
+        "1",
+        "--seed",
+        "3",
+        "--set",
+        "sampler.steps=2",
+        "--grid",
+    )
+    assert rc == 0, err
+    report = json.loads(report_path.read_text())
+    val = splits_for(load_config(TINY).world).val
+    assert report["split"] == "val"
+    assert report["prompts"] == len(val) and report["images"] == len(val)
+    assert report["sampler"]["steps"] == 2
+    assert report["checkpoint"] == str(tiny_ckpt)
+    # an untrained model with random codes draws no valid scene
+    assert report["summary"]["overall"] == 0.0
+    assert report_path.with_suffix(".md").is_file()
+    assert report_path.with_suffix(".png").is_file()
+    assert "| tiny |" in out and f"report written to {report_path}" in out
+
+
+def test_sample_writes_a_png(capsys, tmp_path, tiny_ckpt):
+    png = tmp_path / "grid.png"
+    rc, out, err = run(
+        capsys,
+        "sample",
+        "--checkpoint",
+        str(tiny_ckpt),
+        "--prompt",
+        "a photo of a red circle",
+        "--n",
+        "2",
+        "--out",
+        str(png),
+        "--set",
+        "sampler.steps=2",
+        "--score",
+    )
+    assert rc == 0, err
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {png}" in out
+
+
+def test_sample_unknown_word_is_exit_2(capsys, tmp_path, tiny_ckpt):
+    rc, _, err = run(
+        capsys,
+        "sample",
+        "--checkpoint",
+        str(tiny_ckpt),
+        "--prompt",
+        "a photo of a zebra",
+        "--out",
+        str(tmp_path / "g.png"),
+    )
+    assert rc == 2 and "zebra" in err and "Traceback" not in err
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_sample_n_must_be_positive(capsys, tmp_path, tiny_ckpt):
+    rc, _, err = run(
+        capsys, "sample", "--checkpoint", str(tiny_ckpt), "--prompt", "a photo of a ring", "--n", "0"
+    )
+    assert rc == 2 and "--n" in err
+
+
+def test_checkpoint_config_override_error_names_config_json(capsys, tmp_path, tiny_ckpt):
+    rc, _, err = run(
+        capsys,
+        "sample",
+        "--checkpoint",
+        str(tiny_ckpt),
+        "--prompt",
+        "a photo of a ring",
+        "--out",
+        str(tmp_path / "g.png"),
+        "--set",
+        "sampler.stepz=2",
+    )
+    assert rc == 2
+    assert f"{tiny_ckpt}/config.json" in err and "sampler.stepz" in err
+
+
+# --- the installed entry point ------------------------------------------------------------------------------
+
+
+def _entry_point() -> list[str]:
+    script = ROOT / ".venv" / "bin" / "htgrpo"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "htgrpo.cli"]
+
+
+def test_entry_point_runs_in_a_real_process():
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    cmd = _entry_point()
+    proc = subprocess.run([*cmd, "--help"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for command in ("pretrain", "evaluate", "sample", "world", "config"):
+        assert command in proc.stdout
+    # the exit status of an error reaches the shell, with no traceback
+    proc = subprocess.run(
+        [*cmd, "config", "--set", "sampler.stepz=3"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "sampler.stepz" in proc.stderr and "Traceback" not in proc.stderr
