@@ -93,7 +93,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         save_grid(
             out.with_suffix(".png"),
             images[::step][:32],
-            caption=f"{args.checkpoint}: every {step}th image of the {report['split']} split",
+            caption=f"{args.checkpoint}: 1 image in {step} of the {report['split']} split",
             labels=[m["prompt"].removeprefix("a photo of ") for m in metas[::step][:32]],
             scale=3,
             cols=8,
