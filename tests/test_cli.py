@@ -76,6 +76,7 @@ def test_config_prints_the_resolved_config_with_overrides(capsys):
         "eval",
         "storage",
         "tracking",
+        "rl",
     }
 
 
@@ -160,13 +161,13 @@ def test_evaluate_unknown_benchmark(capsys, tmp_path, tiny_ckpt):
         capsys,
         "evaluate",
         "--benchmark",
-        "geneval",
+        "nope",
         "--checkpoint",
         str(tiny_ckpt),
         "--out",
         str(tmp_path / "r.json"),
     )
-    assert rc == 2 and "'geneval'" in err
+    assert rc == 2 and "'nope'" in err
 
 
 def test_evaluate_tiny_checkpoint_writes_a_report(capsys, tmp_path, tiny_ckpt):

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +46,24 @@ def _strip_prefix(path: str) -> Path:
     return Path(path[len("file://") :]) if path.startswith("file://") else Path(path)
 
 
+RESERVED_FILES = frozenset({MANIFEST, "config.json", "model.safetensors", "image_tokenizer.safetensors"})
+
+
 def save_checkpoint(
-    directory: str | Path, backbone: TinyBackbone, cfg: Config, extra: dict[str, Any] | None = None
+    directory: str | Path,
+    backbone: TinyBackbone,
+    cfg: Config,
+    extra: dict[str, Any] | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> Path:
-    """Write a whole checkpoint atomically (temporary directory, manifest last, rename)."""
+    """Write a whole checkpoint atomically (temporary directory, manifest last, rename).
+
+    ``extra_files`` (name -> content) are written into the same directory and listed in the manifest, so
+    they are checked and appear or vanish together with the weights (e.g. an RL run's optimizer state).
+    """
+    for name in extra_files or {}:
+        if name in RESERVED_FILES or not name or "/" in name or "\\" in name or name.startswith("."):
+            raise ValueError(f"extra checkpoint file name {name!r} is reserved or not a plain file name")
     final = _strip_prefix(str(directory))
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{time.time_ns()}"
@@ -71,6 +86,8 @@ def save_checkpoint(
             "extra": extra or {},
         }
         (tmp / "config.json").write_text(json.dumps(meta, indent=2))
+        for name, content in (extra_files or {}).items():
+            (tmp / name).write_bytes(content)
         files = {
             p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
             for p in sorted(tmp.iterdir())
@@ -159,9 +176,24 @@ def load_checkpoint(directory: str | Path, cfg: Config | None = None) -> tuple[T
     return backbone, saved_cfg
 
 
+def read_checkpoint_file(directory: str | Path, name: str) -> bytes:
+    """An extra file of a verified checkpoint (see ``save_checkpoint(extra_files=...)``)."""
+    d = _strip_prefix(str(directory))
+    manifest = json.loads((d / MANIFEST).read_text())
+    if name not in manifest["files"]:
+        raise CheckpointError(f"checkpoint {d} has no {name}")
+    return (d / name).read_bytes()
+
+
 def checkpoint_sha(directory: str | Path) -> str:
     """A short content digest of a checkpoint (its manifest's hash)."""
     return sha256_file(_strip_prefix(str(directory)) / MANIFEST)[:16]
 
 
-__all__ = ["save_checkpoint", "load_checkpoint", "verify_checkpoint", "checkpoint_sha"]
+__all__ = [
+    "checkpoint_sha",
+    "load_checkpoint",
+    "read_checkpoint_file",
+    "save_checkpoint",
+    "verify_checkpoint",
+]

@@ -77,9 +77,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from htgrpo.viz import save_grid
 
     if args.benchmark != "shapes":
-        raise HtgrpoError(
-            f"benchmark {args.benchmark!r} is not available yet; this version evaluates --benchmark shapes"
-        )
+        from htgrpo.benchmarks.run import evaluate_command
+
+        _threads()
+        return evaluate_command(args)
+    if not args.checkpoint:
+        raise HtgrpoError("--benchmark shapes needs --checkpoint")
     _threads()
     cfg = _checkpoint_config(args.checkpoint, args.config, args.overrides)
     backbone, _ = load_checkpoint(args.checkpoint, cfg)
@@ -101,6 +104,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(markdown_table(report, Path(args.checkpoint).name))
     print(f"report written to {out}")
     return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from htgrpo.benchmarks.run import report_command
+
+    return report_command(args)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -128,6 +137,49 @@ def cmd_sample(args: argparse.Namespace) -> int:
         caption += f"  ({correct}/{args.n} correct)"
     path = save_grid(args.out, images, caption=caption, cols=min(args.n, 8))
     print(f"wrote {path}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from htgrpo.config import load_config
+    from htgrpo.rl.trainer import GRPOTrainer, init_policy
+
+    _threads()
+    overrides = list(args.overrides)
+    if args.method is not None:
+        overrides.append(f"rl.method={args.method}")
+    if args.steps is not None:
+        overrides.append(f"rl.steps={args.steps}")
+    cfg = load_config(args.config, overrides)
+    out = Path(args.out or f"runs/{cfg.rl.method}-seed{cfg.rl.seed}")
+    if args.resume:
+        trainer = GRPOTrainer.resume(cfg, out)
+        print(f"resuming {out} at RL step {trainer.step} of {cfg.rl.steps}", file=sys.stderr)
+    else:
+        trainer = GRPOTrainer(cfg, init_policy(cfg, args.init), out)
+    history = trainer.train()
+    done = [h for h in history if "times" in h and "skipped" not in h]
+    last = GRPOTrainer.checkpoint_dirs(out)
+    print(
+        json.dumps(
+            {
+                "run": str(out),
+                "method": cfg.rl.method,
+                "steps": trainer.step,
+                "checkpoint": str(last[-1]) if last else None,
+                "reward_first": history[0]["reward_mean"] if history else None,
+                "reward_last": history[-1]["reward_mean"] if history else None,
+                "skipped_steps": sum("skipped" in h for h in history),
+                "seconds_per_step": {
+                    k: round(sum(h["times"][k] for h in done) / len(done), 3)
+                    for k in ("rollout", "reward", "old_ref", "update")
+                }
+                if done
+                else None,
+                "forward_passes_per_sample": done[-1]["forward_passes_per_sample"] if done else None,
+            }
+        )
+    )
     return 0
 
 
@@ -166,15 +218,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("evaluate", help="score a checkpoint on a benchmark")
-    p.add_argument("--benchmark", default="shapes", help="benchmark name (shapes)")
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory")
-    p.add_argument("--out", required=True, help="report JSON path (a .md table is written beside it)")
+    p.add_argument("--benchmark", default="shapes", help="shapes, geneval, dpg or metrics")
+    p.add_argument("--checkpoint", default=None, help="checkpoint directory (required except with --images)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="shapes: report JSON path (a .md table is written beside it); other benchmarks: output directory",
+    )
     p.add_argument("--split", default=None, choices=["train", "val", "test", "unseen"], help="prompt split")
     p.add_argument("--images-per-prompt", type=int, default=None, help="images per prompt (default 4)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed")
     p.add_argument("--grid", action="store_true", help="also write a PNG grid of samples beside the report")
     _add_config_args(p, config_default=None)
+    from htgrpo.benchmarks.run import add_arguments
+
+    add_arguments(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "report", help="set two or more evaluations side by side (Markdown table and bar chart)"
+    )
+    p.add_argument(
+        "evaluations", nargs="+", help="evaluation directories (summary.json) or shapes report JSONs"
+    )
+    p.add_argument("--out", required=True, help="directory for report.md and report.png")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("sample", help="sample images for one prompt into a PNG grid")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory")
@@ -185,6 +253,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score", action="store_true", help="score the images with the shape detector")
     _add_config_args(p, config_default=None)
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("train", help="online RL (HT-GRPO or a baseline) from a base checkpoint")
+    p.add_argument(
+        "--method",
+        default=None,
+        help="ht-grpo, maskgrpo, unigrpo, d1, tracegrpo or coupled (sets rl.method; default: the config's)",
+    )
+    p.add_argument("--init", default="checkpoints/base", help="checkpoint to start from (and the reference)")
+    p.add_argument("--out", default=None, help="run directory (default runs/METHOD-seedSEED)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--steps", type=int, default=None, help="RL steps (sets rl.steps)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("world", help="write a split's GenEval metadata as JSONL")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "unseen"])

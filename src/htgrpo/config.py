@@ -6,6 +6,7 @@ path and the file named, e.g. ``configs/tiny.yaml: sampler.steps: Input should b
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -149,6 +150,226 @@ class EvalConfig(_Frozen):
     seed: int = Field(1234, description="Sampling seed of the evaluation.")
 
 
+RL_METHODS: tuple[str, ...] = ("ht-grpo", "maskgrpo", "unigrpo", "d1", "tracegrpo", "coupled")
+"""Every ``rl.method``: HT-GRPO and the baselines of algorithm.md §5, all in one trainer."""
+
+RL_HARNESS_DEFAULTS: dict[str, Any] = {
+    "clip_eps": 0.2,
+    "kl_beta": 0.01,
+    "inner_iterations": 6,
+    "min_mask_ratio": 0.7,
+    "normalisation": "token",
+}
+"""§5: a method that publishes no value of its own gets the shared harness value (§4.9)."""
+
+RL_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ht-grpo": {},  # K = n_global + n_struct + n_refine, filled in by the validator
+    "maskgrpo": {"min_mask_ratio": 0.6},
+    "unigrpo": {"normalisation": "sample"},
+    "d1": {"clip_eps": 0.5, "kl_beta": 0.04, "inner_iterations": 12},
+    "tracegrpo": {"normalisation": "sample", "inner_iterations": None},  # K = ceil(T / trace_shrink)
+    "coupled": {},  # K = 6: three (mask, complement) pairs
+}
+"""§5.6: each method's own settings, applied to the ``rl`` keys a run leaves out (or sets to null)."""
+
+_METHOD_DEPENDENT = tuple(RL_HARNESS_DEFAULTS)
+
+
+class RLConfig(_Frozen):
+    """Online GRPO fine-tuning: HT-GRPO (algorithm.md §4) and the baselines of §5 in one trainer.
+
+    Method-dependent keys (``clip_eps``, ``kl_beta``, ``inner_iterations``, ``min_mask_ratio``,
+    ``normalisation``): when a run leaves one out, or sets it to null, it takes the method's own value from
+    ``RL_METHOD_DEFAULTS`` (else the shared harness value ``RL_HARNESS_DEFAULTS``), so ``--method d1`` gets
+    d1's eps 0.5 / beta 0.04 / K 12. A value written in the YAML or given with ``--set`` applies whatever the
+    method. The resolved values are what ``htgrpo config`` prints and what checkpoints record.
+    """
+
+    method: Literal["ht-grpo", "maskgrpo", "unigrpo", "d1", "tracegrpo", "coupled"] = Field(
+        "ht-grpo",
+        description="RL method: ht-grpo, or a baseline (maskgrpo, unigrpo, d1, tracegrpo, coupled).",
+    )
+    steps: int = Field(100, gt=0, description="RL steps; each is one rollout batch followed by K updates.")
+    prompts_per_step: int = Field(8, gt=0, description="Prompts drawn per RL step (weighted by task).")
+    group_size: int = Field(
+        8, description="G: images sampled per prompt; advantages are z-scores within the group (>= 2)."
+    )
+    prompts: str = Field(
+        "train",
+        description="Prompt pool: a split of the shapes world (train, val, test, unseen) or a GenEval JSONL path.",
+    )
+    inner_iterations: int | None = Field(
+        None,
+        gt=0,
+        description="K optimizer steps per rollout batch (method default; ht-grpo: n_global+n_struct+n_refine; "
+        "tracegrpo: always ceil(T / trace_shrink)).",
+    )
+    n_global: int = Field(2, ge=0, description="ht-grpo: global-stage inner iterations (first).")
+    n_struct: int = Field(2, ge=0, description="ht-grpo: structure-stage inner iterations (second).")
+    n_refine: int = Field(2, ge=0, description="ht-grpo: refinement-stage inner iterations (last).")
+    min_mask_ratio: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="m: lowest re-mask ratio (method default: ht-grpo 0.7, stages go 1 -> m; maskgrpo 0.6, "
+        "rising m -> 0.999).",
+    )
+    rho: float = Field(0.25, gt=0, le=1, description="ht-grpo: structure fraction; |S| = ceil(rho * N).")
+    alpha: float = Field(1.0, ge=0, description="ht-grpo: HCA strength (0 disables the credit assignment).")
+    hca: Literal["binary", "rank"] = Field(
+        "binary",
+        description="ht-grpo HCA weights: binary u = 1+alpha on structure tokens; rank u = 1+alpha*(1-rank/N).",
+    )
+    partition: Literal["commit", "entropy0", "entropy0_high"] = Field(
+        "commit",
+        description="ht-grpo token partition: commit (step, then entropy, ascending), entropy0 (ascending), "
+        "entropy0_high (descending, ablation).",
+    )
+    estimator: Literal["staged", "fully_masked"] = Field(
+        "staged",
+        description="ht-grpo visibility: staged (§4.6 table) or fully_masked (V = 0 in every stage).",
+    )
+    clip_eps: float | None = Field(
+        None, gt=0, description="PPO clip range eps (method default: 0.2; d1 0.5)."
+    )
+    kl_beta: float | None = Field(
+        None, ge=0, description="Weight of the k3 KL to the frozen reference (method default: 0.01; d1 0.04)."
+    )
+    normalisation: Literal["token", "sample"] | None = Field(
+        None,
+        description="Loss normalisation: token (sum / sum|U|) or sample (per-sample mean, then mean); "
+        "method default: token; unigrpo and tracegrpo sample.",
+    )
+    lr: float = Field(3e-6, gt=0, description="AdamW learning rate (constant).")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (not on norms and 1-D weights).")
+    betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas.")
+    grad_clip: float = Field(0.2, gt=0, description="Gradient-norm clipping per optimizer step.")
+    d1_prompt_mask_prob: float = Field(
+        0.15, ge=0, lt=1, description="d1: probability of masking each prompt word (template tokens never)."
+    )
+    trace_shrink: int = Field(
+        1, ge=1, description="tracegrpo: neighbouring sampler steps merged into one replayed step."
+    )
+    coupled_t_range: tuple[float, float] = Field(
+        (0.1, 0.9), description="coupled: range [lo, hi] of the per-sample mask ratio t ~ U[lo, hi]."
+    )
+    rewards: dict[str, float] = Field(
+        default_factory=lambda: {"geneval_partial": 1.0},
+        description="Reward functions (names from the reward registry) and their weights; total = sum w*r.",
+    )
+    advantage_clip: float | None = Field(
+        None, gt=0, description="Clip advantages to [-c, c] (Flow-GRPO uses 5); null disables."
+    )
+    stat_tracking_buffer: int = Field(
+        0,
+        ge=0,
+        description="Flow-GRPO per-prompt statistics: normalise by the last this-many rewards of the same "
+        "prompt (0: plain group z-score).",
+    )
+    drop_zero_variance_groups: bool = Field(
+        False,
+        description="Leave groups whose rewards are all equal out of the update (they carry no signal).",
+    )
+    rollout_sampler: Literal["maskgit", "emerge"] = Field(
+        "maskgit", description="Rollout sampler; partition=commit needs maskgit (confidence order)."
+    )
+    rollout_steps: int | None = Field(
+        None, gt=0, description="Rollout denoising steps T (null: sampler.steps)."
+    )
+    rollout_cfg_scale: float | None = Field(
+        None, ge=0, description="Rollout CFG scale (null: sampler.cfg_scale)."
+    )
+    micro_batch: int | None = Field(
+        None, gt=0, description="Samples per log-prob forward (null: the whole rollout batch at once)."
+    )
+    checkpoint_every: int = Field(
+        0, ge=0, description="Save a checkpoint every this many RL steps (0: only at the end)."
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept in the run directory.")
+    eval_every: int = Field(0, ge=0, description="Evaluate every this many RL steps (0: never).")
+    eval_split: Literal["train", "val", "test", "unseen"] = Field(
+        "val", description="Prompt split of the periodic evaluation."
+    )
+    eval_images_per_prompt: int = Field(1, gt=0, description="Images per prompt of the periodic evaluation.")
+    seed: int = Field(
+        0, description="Seed of prompt draws, rollouts and masks (each derived from seed and step)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        method = data.get("method", "ht-grpo")
+        if method not in RL_METHOD_DEFAULTS:
+            return data  # the Literal check names the valid methods
+        out = dict(data)
+        own = {**RL_HARNESS_DEFAULTS, **RL_METHOD_DEFAULTS[method]}
+        for key in _METHOD_DEPENDENT:
+            if out.get(key) is None:
+                out[key] = own[key]
+        if method == "ht-grpo" and data.get("inner_iterations") is None:
+            out["inner_iterations"] = sum(
+                int(out.get(k, cls.model_fields[k].default)) for k in ("n_global", "n_struct", "n_refine")
+            )
+        return out
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RLConfig:
+        if self.group_size < 2:
+            raise ValueError(
+                f"group_size must be at least 2 (got {self.group_size}): advantages are z-scores within a group"
+            )
+        if self.method == "ht-grpo":
+            split = self.n_global + self.n_struct + self.n_refine
+            if split != self.inner_iterations:
+                raise ValueError(
+                    f"the ht-grpo K split does not add up: n_global {self.n_global} + n_struct {self.n_struct} "
+                    f"+ n_refine {self.n_refine} = {split}, but inner_iterations is {self.inner_iterations}"
+                )
+            if split == 0:
+                raise ValueError(
+                    "ht-grpo needs at least one inner iteration (n_global + n_struct + n_refine)"
+                )
+            if self.partition == "commit" and self.rollout_sampler == "emerge":
+                raise ValueError(
+                    "partition=commit ranks by commit step, which the emerge sampler draws at random; "
+                    "use partition=entropy0 with rollout_sampler=emerge (§4.4)"
+                )
+        if self.method == "tracegrpo" and self.inner_iterations is not None:
+            raise ValueError(
+                "tracegrpo replays the rollout: K is ceil(T / trace_shrink); set trace_shrink, not inner_iterations"
+            )
+        if self.method == "coupled" and self.inner_iterations is not None and self.inner_iterations % 2:
+            raise ValueError(
+                f"coupled uses (mask, complement) pairs: inner_iterations must be even (got {self.inner_iterations})"
+            )
+        lo, hi = self.coupled_t_range
+        if not 0 < lo <= hi < 1:
+            raise ValueError(f"coupled_t_range must satisfy 0 < lo <= hi < 1 (got [{lo}, {hi}])")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must lie in [0, 1) (got {list(self.betas)})")
+        if not self.rewards:
+            raise ValueError("rewards: name at least one reward function, e.g. {geneval_partial: 1.0}")
+        for name, w in self.rewards.items():
+            if not math.isfinite(w):
+                raise ValueError(f"rewards.{name}: the weight must be finite (got {w})")
+        if all(w == 0 for w in self.rewards.values()):
+            raise ValueError("rewards: every weight is 0, so every advantage would be 0")
+        if not self.prompts.strip():
+            raise ValueError("prompts: empty; give a split name (train) or a GenEval JSONL path")
+        return self
+
+    def rollout_sampler_config(self, sampler: SamplerConfig) -> SamplerConfig:
+        """The ``sampler`` section with this section's rollout overrides applied."""
+        update: dict[str, Any] = {"kind": self.rollout_sampler}
+        if self.rollout_steps is not None:
+            update["steps"] = self.rollout_steps
+        if self.rollout_cfg_scale is not None:
+            update["cfg_scale"] = self.rollout_cfg_scale
+        return sampler.model_copy(update=update)
+
+
 class StorageConfig(_Frozen):
     uri: str = Field(
         "file://checkpoints", description="Where checkpoints are written: file://DIR (or s3:// later)."
@@ -174,6 +395,7 @@ class Config(_Frozen):
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Benchmark evaluation.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Checkpoint storage.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Experiment tracking.")
+    rl: RLConfig = Field(default_factory=RLConfig, description="Online RL fine-tuning (htgrpo train).")
 
 
 def format_errors(exc: ValidationError, source: str) -> str:
@@ -184,6 +406,9 @@ def format_errors(exc: ValidationError, source: str) -> str:
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         got = "" if err["type"] == "extra_forbidden" else f" (got {err.get('input')!r})"
+        if err["type"] == "value_error" and isinstance(err.get("input"), dict):
+            # a whole-section check: its message names the keys and values; echoing the section adds noise
+            msg, got = msg.removeprefix("Value error, "), ""
         lines.append(f"{source}: {key}: {msg}{got}")
     return "\n".join(lines)
 

@@ -17,3 +17,11 @@ class PromptError(HtgrpoError, ValueError):
 
 class CheckpointError(HtgrpoError, OSError):
     """A checkpoint is missing, incomplete, corrupt or does not match the configuration."""
+
+
+class WeightsError(HtgrpoError, FileNotFoundError):
+    """A metric's or benchmark's local weights directory is missing or lacks files it needs."""
+
+
+class BenchmarkDataError(HtgrpoError, FileNotFoundError):
+    """A benchmark's data file (prompts, questions) is missing or malformed."""

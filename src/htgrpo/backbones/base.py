@@ -89,6 +89,13 @@ class Backbone(nn.Module, ABC):
     def encode_uncond(self, n: int) -> PromptBatch:
         """The unconditional (CFG) template, n times."""
 
+    def prompt_word_mask(self, prompt: PromptBatch) -> torch.Tensor:
+        """[B, L] bool: the prompt's own text tokens, the only ones a prompt-masking estimator (d1) may mask.
+
+        Template specials (task token, BOS/EOS, system strings) and padding are False.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not say which prompt tokens are words")
+
     @abstractmethod
     def build_sequence(
         self, prompt: PromptBatch, image_state: torch.Tensor

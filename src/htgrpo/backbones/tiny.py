@@ -112,6 +112,12 @@ class TinyBackbone(Backbone):
     def encode_uncond(self, n: int) -> PromptBatch:
         return self._pack([self._template([])] * n)
 
+    def prompt_word_mask(self, prompt: PromptBatch) -> torch.Tensor:
+        ids = prompt.input_ids
+        # word ids follow the special tokens and precede the image codes (see WordTokenizer)
+        words = (ids >= len(SPECIAL_TOKENS)) & (ids < self.layout.image_offset)
+        return words & prompt.attention_mask.bool()
+
     # --- network ---------------------------------------------------------------------------------------
     def build_sequence(self, prompt: PromptBatch, image_state: torch.Tensor):
         b, dev = image_state.shape[0], image_state.device

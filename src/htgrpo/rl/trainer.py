@@ -1,0 +1,628 @@
+"""One online GRPO trainer for HT-GRPO and every baseline (algorithm.md §4.10, §5).
+
+Per RL step:
+
+1. draw ``prompts_per_step`` prompts from the prompt pool (tasks weighted by ``world.task_weights``);
+2. roll out G images per prompt with the rollout sampler under theta (= theta_old), with CFG, recording commit
+   steps and entropies; decode them;
+3. score them with the mixed reward; group z-score advantages (non-finite rewards dropped and counted);
+4. let the method's estimator draw the K iteration plans (V_k, U_k, prompt, weights; HT-GRPO builds its
+   partition and HCA weights here); precompute l_old (theta) and l_ref (the frozen initial weights) for all K
+   plans without gradient;
+5. K inner iterations: l_theta at the plan's visibility, the loss of ``loss.grpo_loss``, backward, gradient
+   clipping, one AdamW step each (§4.7).
+
+Randomness is derived from (rl.seed, step, purpose), so a run is deterministic under its seed and a resumed run
+continues exactly as an uninterrupted one: a checkpoint holds the weights, the frozen reference, the optimizer
+state and the trainer state (step, history, per-prompt statistics).
+
+Run directory: ``config.yaml`` (resolved), ``metrics.jsonl`` (one line per step) and ``checkpoints/step-NNNNNN``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+from tqdm.auto import tqdm
+
+from htgrpo.backbones.base import Backbone, PromptBatch
+from htgrpo.checkpoint import (
+    load_checkpoint,
+    read_checkpoint_file,
+    save_checkpoint,
+    verify_checkpoint,
+)
+from htgrpo.config import Config, config_to_dict
+from htgrpo.errors import CheckpointError, ConfigError, HtgrpoError, PromptError
+from htgrpo.rl.advantages import PerPromptStatTracker, group_advantages
+from htgrpo.rl.estimators import IterationPlan, RolloutRecord, build_estimator
+from htgrpo.rl.loss import LossOutput, grpo_loss, policy_log_probs
+from htgrpo.rl.rewards import mixed_reward
+from htgrpo.sampling import sample
+from htgrpo.sampling.core import model_device
+from htgrpo.world.dataset import draw_prompts, splits_for
+from htgrpo.world.grammar import TASKS, Metadata, read_jsonl
+
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+TRAINER_STATE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+REFERENCE_FILE = "reference.safetensors"
+RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_split"})
+"""rl keys a resumed run may change; any other difference from the checkpoint's rl section is an error."""
+
+_PURPOSE = {"prompts": 0, "rollout": 1, "plans": 2}
+
+
+class RLError(HtgrpoError):
+    """A problem with an RL run the user can fix (prompt pool, run directory, resume)."""
+
+
+def load_prompt_pool(cfg: Config) -> list[Metadata]:
+    """``rl.prompts``: a split of the shapes world, or a GenEval-format JSONL file."""
+    source = cfg.rl.prompts
+    if source in ("train", "val", "test", "unseen"):
+        rows = splits_for(cfg.world).get(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(
+                f"rl.prompts: {source!r} is neither a split (train, val, test, unseen) nor a file"
+            )
+        rows = read_jsonl(path)
+    return check_prompt_pool(rows, source)
+
+
+def check_prompt_pool(rows: Sequence[Metadata], source: str) -> list[Metadata]:
+    rows = list(rows)
+    if not rows:
+        raise RLError(f"the prompt set {source!r} is empty: RL needs at least one prompt")
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or "prompt" not in r or r.get("tag") not in TASKS:
+            raise RLError(
+                f"prompt set {source!r}, row {i}: needs GenEval metadata with a 'prompt' and a 'tag' in "
+                f"{', '.join(TASKS)} (got {r!r:.120})"
+            )
+    return rows
+
+
+def derive_seed(seed: int, step: int, purpose: str) -> int:
+    return int(np.random.SeedSequence([seed, step, _PURPOSE[purpose]]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
+    """AdamW, weight decay on matrices only (norm weights and other 1-D parameters excluded)."""
+    rl = cfg.rl
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": rl.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=rl.lr,
+        betas=tuple(rl.betas),
+    )
+
+
+def optimizer_to_files(opt: torch.optim.Optimizer) -> tuple[bytes, dict[str, Any]]:
+    """Optimizer state as safetensors bytes (its tensors) plus a JSON-able rest (param groups, scalars)."""
+    state = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, slots in state["state"].items():
+        for key, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return save_tensors(tensors), {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_files(opt: torch.optim.Optimizer, blob: bytes, rest: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = defaultdict(dict)
+    for name, value in load_tensors(blob).items():
+        pid, key = name.split(".", 1)
+        state[int(pid)][key] = value
+    for name, value in rest["scalars"].items():
+        pid, key = name.split(".", 1)
+        state[int(pid)][key] = value
+    opt.load_state_dict({"state": dict(state), "param_groups": rest["param_groups"]})
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _round(x: float, nd: int = 6) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(float(x), nd)
+
+
+class StageStats:
+    """Running sums of one stage's iterations within a step."""
+
+    def __init__(self) -> None:
+        self.iterations = self.tokens = self.clipped = self.samples_total = 0
+        self.ratio_sum = self.kl_sum = self.loss_sum = self.grad_norm_sum = 0.0
+        self.ratio_max = 0.0
+        self.structure_frac_sum = self.update_in_structure_sum = 0.0
+        self.has_structure = False
+
+    def add(self, out: LossOutput, loss: float, grad_norm: float, plan: IterationPlan) -> None:
+        self.iterations += 1
+        self.tokens += out.tokens
+        self.clipped += out.clipped
+        self.ratio_sum += out.ratio_sum
+        self.ratio_max = max(self.ratio_max, out.ratio_max)
+        self.kl_sum += out.kl_sum
+        self.loss_sum += loss
+        self.grad_norm_sum += grad_norm
+        self.samples_total += plan.update.shape[0]
+        if plan.structure is not None:
+            self.has_structure = True
+            self.structure_frac_sum += float(plan.structure.float().mean())
+            n_u = int(plan.update.sum())
+            self.update_in_structure_sum += float((plan.update & plan.structure).sum()) / n_u if n_u else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        it = max(self.iterations, 1)
+        out = {
+            "iterations": self.iterations,
+            "clip_frac": _round(self.clipped / self.tokens if self.tokens else 0.0),
+            "kl": _round(self.kl_sum / self.tokens if self.tokens else 0.0, 8),
+            "ratio_mean": _round(self.ratio_sum / self.tokens if self.tokens else 1.0),
+            "ratio_max": _round(self.ratio_max),
+            "update_tokens_per_sample": _round(self.tokens / max(self.samples_total, 1), 3),
+            "loss": _round(self.loss_sum / it, 8),
+            "grad_norm": _round(self.grad_norm_sum / it),
+        }
+        if self.has_structure:
+            out["structure_frac"] = _round(self.structure_frac_sum / it, 4)
+            out["update_in_structure"] = _round(self.update_in_structure_sum / it, 4)
+        return out
+
+
+class GRPOTrainer:
+    """Online GRPO for every ``rl.method``; see the module docstring.
+
+    ``policy`` is trained in place. ``reference`` defaults to a frozen copy of the policy as given (the initial
+    weights). ``prompts`` defaults to ``rl.prompts``. ``run_dir`` (optional) receives the config, metrics and
+    checkpoints; without it nothing is written.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        policy: Backbone,
+        run_dir: str | Path | None = None,
+        *,
+        reference: Backbone | None = None,
+        prompts: Sequence[Metadata] | None = None,
+        progress: bool = True,
+        _resuming: bool = False,
+    ) -> None:
+        self.cfg = cfg
+        self.rl = cfg.rl
+        self.policy = policy
+        self.device = model_device(policy)
+        self.estimator = build_estimator(self.rl)
+        self.reward = mixed_reward(self.rl.rewards)
+        self.prompts = check_prompt_pool(prompts, "given") if prompts is not None else load_prompt_pool(cfg)
+        try:  # every prompt must fit the backbone; say which one does not, before any rollout
+            policy.encode_prompts([r["prompt"] for r in self.prompts])
+        except PromptError as exc:
+            raise RLError(f"rl.prompts {self.rl.prompts!r}: {exc}") from None
+        weights = cfg.world.task_weights
+        if not any(weights.get(r["tag"], 0) > 0 for r in self.prompts):
+            raise RLError(
+                f"no prompt of the set {self.rl.prompts!r} belongs to a task with a positive world.task_weights"
+            )
+        self.sampler_cfg = self.rl.rollout_sampler_config(cfg.sampler)
+        self.num_iterations = self.estimator.num_iterations(self.sampler_cfg.steps)
+        if reference is None:
+            reference = copy.deepcopy(policy)
+        self.reference = reference.eval().requires_grad_(False)
+        self.optimizer = build_optimizer(policy, cfg)
+        self.tracker = (
+            PerPromptStatTracker(self.rl.stat_tracking_buffer) if self.rl.stat_tracking_buffer else None
+        )
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.progress = progress
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        if self.run_dir is not None and not _resuming:
+            existing = self.checkpoint_dirs(self.run_dir)
+            if existing:
+                raise RLError(
+                    f"run directory {self.run_dir} already has checkpoints ({existing[-1].name}); pass --resume "
+                    "to continue that run, or choose another --out"
+                )
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._write_config()
+            (self.run_dir / METRICS).write_text("")
+
+    # --- one RL step ------------------------------------------------------------------------------------
+    def _seed(self, purpose: str) -> int:
+        return derive_seed(self.rl.seed, self.step, purpose)
+
+    def _chunks(self, n: int) -> list[slice]:
+        mb = self.rl.micro_batch or n
+        return [slice(lo, min(lo + mb, n)) for lo in range(0, n, mb)]
+
+    def _log_probs(
+        self, model: Backbone, record: RolloutRecord, plan: IterationPlan, sl: slice
+    ) -> torch.Tensor:
+        dev = self.device
+        part = plan.prompt.index(sl)
+        prompt = PromptBatch(part.input_ids.to(dev), part.attention_mask.to(dev))
+        return policy_log_probs(model, prompt, record.codes[sl].to(dev), plan.visible[sl].to(dev))
+
+    def train_step(self) -> dict[str, Any]:
+        """Run RL step ``self.step + 1``; returns (and records) its metrics."""
+        rl, dev = self.rl, self.device
+        times = {"rollout": 0.0, "reward": 0.0, "old_ref": 0.0, "update": 0.0}
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(self._seed("prompts"))
+        idx = draw_prompts(self.prompts, self.cfg.world.task_weights, rl.prompts_per_step, rng)
+        metas = [self.prompts[i] for i in idx for _ in range(rl.group_size)]
+        texts = [m["prompt"] for m in metas]
+        gen = torch.Generator().manual_seed(self._seed("rollout"))
+        result = sample(self.policy, texts, self.sampler_cfg, gen)
+        images = result.decode(self.policy)
+        _sync(dev)
+        times["rollout"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        rewards = self.reward(images, texts, metas)
+        adv = group_advantages(
+            rewards.total,
+            rl.group_size,
+            rl.advantage_clip,
+            tracker=self.tracker,
+            prompts=texts,
+            drop_zero_variance=rl.drop_zero_variance_groups,
+        )
+        times["reward"] = time.perf_counter() - t0
+        finite = np.isfinite(rewards.total)
+        record_out: dict[str, Any] = {
+            "step": self.step + 1,
+            "images_sampled": (self.step + 1) * len(texts),
+            "reward_mean": _round(float(rewards.total[finite].mean())) if finite.any() else None,
+            "reward_std": _round(float(rewards.total[finite].std())) if finite.any() else None,
+            "reward_per_task": self._per_task(rewards.total, metas),
+            "reward_components": {
+                k: _round(float(np.nanmean(v))) if np.isfinite(v).any() else None
+                for k, v in rewards.components.items()
+            },
+            "nonfinite_rewards": adv.nonfinite,
+            "groups_skipped": adv.groups_skipped,
+            "zero_variance_share": _round(adv.zero_variance_share, 4),
+            "samples_kept": int(adv.keep.sum()),
+            "forward_passes_per_sample": {"rollout": result.forward_passes},
+        }
+        if adv.nonfinite:
+            warnings.warn(
+                f"RL step {self.step + 1}: dropped {adv.nonfinite} non-finite reward(s); "
+                f"{adv.groups_skipped} group(s) left with < 2 valid samples were skipped",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        keep = np.flatnonzero(adv.keep)
+        if keep.size == 0:
+            why = (
+                "every group was skipped (non-finite rewards)"
+                if adv.groups_skipped == adv.groups
+                else "no sample left to update (zero-variance groups dropped)"
+            )
+            record_out.update(skipped=why, times={k: round(v, 4) for k, v in times.items()})
+            tqdm.write(f"RL step {self.step + 1} skipped: {why}")
+            return self._finish_step(record_out)
+
+        plans, record = self._plans(result, texts, keep)
+        advantages = torch.as_tensor(adv.advantages[keep], dtype=torch.float32, device=dev)
+        runnable = [p for p in plans if bool(p.update.any())]
+        chunks = self._chunks(record.batch)
+
+        t0 = time.perf_counter()
+        old, ref = [], []
+        self.policy.train()
+        with torch.no_grad():
+            for plan in runnable:
+                old.append(torch.cat([self._log_probs(self.policy, record, plan, sl) for sl in chunks]))
+                if rl.kl_beta > 0:
+                    ref.append(
+                        torch.cat([self._log_probs(self.reference, record, plan, sl) for sl in chunks])
+                    )
+        _sync(dev)
+        times["old_ref"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        stages: dict[str, StageStats] = {}
+        iterations = []
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        for k, plan in enumerate(runnable):
+            update = plan.update.to(dev)
+            weights = plan.weights.to(dev)
+            counts = update.sum(1)
+            denom = float(counts.sum()) if rl.normalisation == "token" else float((counts > 0).sum())
+            self.optimizer.zero_grad(set_to_none=True)
+            parts: list[LossOutput] = []
+            loss_value = 0.0
+            for sl in chunks:
+                logp = self._log_probs(self.policy, record, plan, sl)
+                out = grpo_loss(
+                    logp,
+                    old[k][sl],
+                    ref[k][sl] if ref else None,
+                    advantages[sl],
+                    update[sl],
+                    weights=weights[sl],
+                    clip_eps=rl.clip_eps,
+                    kl_beta=rl.kl_beta,
+                    normalisation=rl.normalisation,
+                    denominator=denom,
+                )
+                out.loss.backward()
+                loss_value += float(out.loss.detach())
+                parts.append(out)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, rl.grad_clip))
+            self.optimizer.step()
+            merged = LossOutput(
+                loss=torch.tensor(loss_value),
+                tokens=sum(p.tokens for p in parts),
+                samples=sum(p.samples for p in parts),
+                clipped=sum(p.clipped for p in parts),
+                ratio_sum=sum(p.ratio_sum for p in parts),
+                ratio_max=max(p.ratio_max for p in parts),
+                kl_sum=sum(p.kl_sum for p in parts),
+                ratio_min=min(p.ratio_min for p in parts),
+            )
+            stages.setdefault(plan.stage, StageStats()).add(merged, loss_value, grad_norm, plan)
+            iterations.append(
+                {
+                    "stage": plan.stage,
+                    "mask_ratio": _round(plan.mask_ratio, 4) if plan.mask_ratio is not None else None,
+                    "update_tokens": merged.tokens,
+                    "clip_frac": _round(merged.clip_frac),
+                    "ratio_mean": _round(merged.ratio_mean, 8),
+                    "ratio_min": merged.ratio_min,
+                    "ratio_max": merged.ratio_max,
+                    "kl": _round(merged.kl_mean, 8),
+                    "loss": _round(loss_value, 8),
+                    "grad_norm": _round(grad_norm),
+                    **{k2: _round(v, 4) for k2, v in plan.info.items()},
+                }
+            )
+        _sync(dev)
+        times["update"] = time.perf_counter() - t0
+        n_run = len(runnable)
+        fp = record_out["forward_passes_per_sample"]
+        fp.update(old=n_run, ref=n_run if rl.kl_beta > 0 else 0, train=n_run)
+        fp["total"] = sum(fp.values())
+        record_out.update(
+            inner_iterations=n_run,
+            empty_plans_skipped=len(plans) - n_run,
+            stages={name: s.summary() for name, s in stages.items()},
+            iterations=iterations,
+            times={k: round(v, 4) for k, v in times.items()},
+        )
+        return self._finish_step(record_out)
+
+    def _plans(self, result, texts: list[str], keep: np.ndarray) -> tuple[list[IterationPlan], RolloutRecord]:
+        sel = torch.as_tensor(keep, dtype=torch.long)
+        prompt = self.policy.encode_prompts([texts[i] for i in keep])
+        words = (
+            self.policy.prompt_word_mask(prompt)
+            if self.rl.method == "d1"
+            else torch.zeros_like(prompt.input_ids, dtype=torch.bool)
+        )
+        record = RolloutRecord(
+            codes=result.codes[sel],
+            commit_step=result.commit_step[sel],
+            entropy_commit=result.entropy_commit[sel],
+            entropy0=result.entropy0[sel],
+            prompt=prompt,
+            prompt_words=words,
+            mask_id=self.policy.layout.mask_id,
+            rollout_steps=self.sampler_cfg.steps,
+        )
+        gen = torch.Generator().manual_seed(self._seed("plans"))
+        return self.estimator.build_plans(record, gen), record
+
+    @staticmethod
+    def _per_task(total: np.ndarray, metas: list[Metadata]) -> dict[str, float | None]:
+        by: dict[str, list[float]] = defaultdict(list)
+        for r, m in zip(total, metas, strict=True):
+            if math.isfinite(r):
+                by[m["tag"]].append(float(r))
+        return {t: _round(float(np.mean(by[t])), 4) for t in TASKS if t in by}
+
+    def _finish_step(self, record: dict[str, Any]) -> dict[str, Any]:
+        self.step += 1
+        if self.rl.eval_every and self.step % self.rl.eval_every == 0:
+            record["eval"] = self.evaluate()
+        self.history.append(record)
+        if self.run_dir is not None:
+            with (self.run_dir / METRICS).open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        return record
+
+    def evaluate(self) -> dict[str, Any]:
+        """The shapes benchmark on ``rl.eval_split`` with the eval sampler (``sampler`` section)."""
+        from htgrpo.evaluate import evaluate_shapes
+
+        report, _, _ = evaluate_shapes(
+            self.policy,
+            self.cfg,
+            split=self.rl.eval_split,
+            images_per_prompt=self.rl.eval_images_per_prompt,
+            progress=False,
+        )
+        s = report["summary"]
+        return {
+            "split": self.rl.eval_split,
+            "overall": _round(s["overall"], 4),
+            **{t: _round(s[t], 4) for t in TASKS if t in s},
+            "reward_mean": report["reward_mean"],
+        }
+
+    # --- the loop ---------------------------------------------------------------------------------------
+    def train(self, until: int | None = None) -> list[dict[str, Any]]:
+        """Run RL steps until ``until`` (default ``rl.steps``) are done; checkpoint as configured."""
+        total = self.rl.steps if until is None else until
+        bar = tqdm(total=total, initial=self.step, desc=f"RL {self.rl.method}", disable=not self.progress)
+        try:
+            while self.step < total:
+                rec = self.train_step()
+                bar.update(1)
+                post = {"reward": rec["reward_mean"], "zero_var": rec["zero_variance_share"]}
+                if "times" in rec:
+                    post["s/step"] = round(sum(rec["times"].values()), 2)
+                bar.set_postfix(post)
+                every = self.rl.checkpoint_every
+                if self.run_dir is not None and (self.step == total or (every and self.step % every == 0)):
+                    self.save()
+        finally:
+            bar.close()
+        return self.history
+
+    # --- checkpoints ------------------------------------------------------------------------------------
+    @staticmethod
+    def checkpoint_dirs(run_dir: Path) -> list[Path]:
+        root = Path(run_dir) / CHECKPOINTS
+        if not root.is_dir():
+            return []
+        return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+
+    def _write_config(self) -> None:
+        assert self.run_dir is not None
+        text = yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False)
+        (self.run_dir / "config.yaml").write_text(text)
+
+    def save(self) -> Path:
+        """Checkpoint the run at its current step (atomic); keeps the ``keep_checkpoints`` newest."""
+        if self.run_dir is None:
+            raise RLError("this trainer has no run directory to save into")
+        opt_blob, opt_rest = optimizer_to_files(self.optimizer)
+        ref_state = {k: v.detach().cpu().contiguous() for k, v in self.reference.state_dict().items()}
+        state = {
+            "step": self.step,
+            "seed": self.rl.seed,
+            "rng": "every draw is derived from (rl.seed, step, purpose); the step is the whole RNG state",
+            "method": self.rl.method,
+            "rl": self.rl.model_dump(mode="json"),
+            "optimizer": opt_rest,
+            "tracker": self.tracker.state_dict() if self.tracker else None,
+            "history": self.history,
+        }
+        path = save_checkpoint(
+            self.run_dir / CHECKPOINTS / f"step-{self.step:06d}",
+            self.policy,
+            self.cfg,
+            extra={"rl_step": self.step, "method": self.rl.method},
+            extra_files={
+                OPTIMIZER_FILE: opt_blob,
+                REFERENCE_FILE: save_tensors(ref_state),
+                TRAINER_STATE: json.dumps(state).encode(),
+            },
+        )
+        # prune whole checkpoints only; a damaged directory is left for a person to look at
+        whole = [d for d in self.checkpoint_dirs(self.run_dir) if (d / "manifest.json").is_file()]
+        for old in whole[: -self.rl.keep_checkpoints]:
+            if old != path:
+                shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    @classmethod
+    def latest_checkpoint(cls, run_dir: str | Path) -> Path:
+        """The newest whole checkpoint of a run; damaged or half-written ones are passed over with a warning."""
+        dirs = cls.checkpoint_dirs(Path(run_dir))
+        for d in reversed(dirs):
+            try:
+                verify_checkpoint(d)
+                read_checkpoint_file(d, TRAINER_STATE)
+                return d
+            except CheckpointError as exc:
+                warnings.warn(f"skipping checkpoint {d}: {exc}", RuntimeWarning, stacklevel=2)
+        raise RLError(f"nothing to resume: {Path(run_dir) / CHECKPOINTS} holds no whole checkpoint")
+
+    @classmethod
+    def resume(
+        cls,
+        cfg: Config,
+        run_dir: str | Path,
+        *,
+        prompts: Sequence[Metadata] | None = None,
+        progress: bool = True,
+    ) -> GRPOTrainer:
+        """Continue a run from its newest whole checkpoint, under ``cfg`` (only RESUMABLE_CHANGES may differ)."""
+        run_dir = Path(run_dir)
+        ckpt = cls.latest_checkpoint(run_dir)
+        state = json.loads(read_checkpoint_file(ckpt, TRAINER_STATE))
+        saved_rl = state["rl"]
+        now_rl = cfg.rl.model_dump(mode="json")
+        diffs = [
+            f"rl.{k}: checkpoint {saved_rl.get(k)!r} vs now {now_rl[k]!r}"
+            for k in now_rl
+            if k not in RESUMABLE_CHANGES and saved_rl.get(k) != now_rl[k]
+        ]
+        if diffs:
+            raise RLError(f"cannot resume {ckpt}: the rl settings changed: " + "; ".join(diffs))
+        policy, _ = load_checkpoint(ckpt, cfg)
+        reference = copy.deepcopy(policy)
+        reference.load_state_dict(load_tensors(read_checkpoint_file(ckpt, REFERENCE_FILE)), strict=True)
+        trainer = cls(
+            cfg, policy, run_dir, reference=reference, prompts=prompts, progress=progress, _resuming=True
+        )
+        optimizer_from_files(
+            trainer.optimizer, read_checkpoint_file(ckpt, OPTIMIZER_FILE), state["optimizer"]
+        )
+        trainer.step = int(state["step"])
+        trainer.history = list(state["history"])
+        if trainer.tracker is not None and state.get("tracker"):
+            trainer.tracker.load_state_dict(state["tracker"])
+        trainer._write_config()
+        # steps after the checkpoint were lost with the process; the metrics file restarts from the checkpoint
+        with (run_dir / METRICS).open("w") as fh:
+            for rec in trainer.history:
+                fh.write(json.dumps(rec) + "\n")
+        return trainer
+
+
+def init_policy(cfg: Config, init: str | Path) -> Backbone:
+    """The starting weights: a checkpoint whose backbone section (and world grid) match ``cfg``."""
+    if not Path(str(init).removeprefix("file://")).exists():
+        raise CheckpointError(
+            f"initial checkpoint {init} does not exist; pass --init DIR (make pretrain writes checkpoints/base)"
+        )
+    meta = verify_checkpoint(init)
+    policy, saved = load_checkpoint(init, cfg)
+    if saved.world.grid != cfg.world.grid or meta["backbone"]["grid"] != cfg.world.grid:
+        raise CheckpointError(
+            f"checkpoint {init} was trained on a {meta['backbone']['grid']}-cell grid; world.grid is {cfg.world.grid}"
+        )
+    return policy
+
+
+__all__ = [
+    "GRPOTrainer",
+    "RLError",
+    "build_optimizer",
+    "check_prompt_pool",
+    "derive_seed",
+    "init_policy",
+    "load_prompt_pool",
+]
