@@ -51,7 +51,7 @@ test: lint
 	$(VENV)/bin/pytest -q
 
 pretrain: $(STAMP)
-	HTGRPO_THREADS=1 $(HTGRPO) pretrain --config configs/tiny.yaml --out $(CHECKPOINT) --snapshots .cache/snapshots
+	HTGRPO_THREADS=2 $(HTGRPO) pretrain --config configs/tiny.yaml --out $(CHECKPOINT) --snapshots .cache/snapshots
 
 curve: $(STAMP)
 	$(PY) benchmarks/pretrain_curve.py --snapshots .cache/snapshots --out benchmarks/results/pretrain_curve

@@ -266,3 +266,26 @@ def test_background_smoothness():
     assert background_smoothness(noise, GRID) == 0.0
     # no background at all scores 0
     assert background_smoothness(np.zeros((48, 48, 3), np.uint8), GRID) == 0.0
+
+
+def test_a_patchwork_background_invalidates_an_otherwise_correct_image():
+    # a correct single circle, but every background cell a random light colour: what random codes decode to
+    rng = np.random.default_rng(3)
+    scene = Scene(
+        (SceneObject("circle", "red", 2, 3),), Background((210, 210, 210), (240, 240, 240), "vertical"), 6
+    )
+    image = render(scene)
+    detector = ShapeDetector()
+    assert detector.detect(image).valid
+    patch = image.copy()
+    for r in range(6):
+        for c in range(6):
+            if (r, c) != (2, 3):
+                patch[r * CELL_PX : (r + 1) * CELL_PX, c * CELL_PX : (c + 1) * CELL_PX] = rng.integers(
+                    195, 250, 3
+                )
+    result = detector.detect(patch)
+    assert not result.valid and "background" in result.reason
+    meta = prompt_space("single_object")[SHAPES.index("circle")]
+    assert score_images([meta], patch[None], detector)[0]["correct"] is False
+    assert ShapeDetector(min_background_coherence=0).detect(patch).valid

@@ -27,12 +27,18 @@ from htgrpo.world.dataset import WorldDataset, build_dataset, draw_prompts, rend
 
 
 def train_tokenizer(cfg: Config, progress: bool = True) -> PatchKMeansTokenizer:
-    """Fit the k-means patch codebook on freshly rendered training scenes."""
+    """Fit the k-means patch codebook on freshly rendered scenes.
+
+    The tokenizer is an image codec, not the text-to-image model: it sees every colour-shape pair, the held-out
+    (unseen) ones included, so that unseen-split images are representable at all. Only the backbone's training
+    data excludes them.
+    """
     tc = cfg.tokenizer
     splits = splits_for(cfg.world)
     rng = np.random.default_rng(tc.seed + 7919)
-    index = draw_prompts(splits.train, cfg.world.task_weights, tc.train_images, rng)
-    images = render_rows([splits.train[i] for i in index], rng, cfg.world.grid, splits.unseen_pairs)
+    pool = splits.train + splits.unseen
+    index = draw_prompts(pool, cfg.world.task_weights, tc.train_images, rng)
+    images = render_rows([pool[i] for i in index], rng, cfg.world.grid)
     return PatchKMeansTokenizer.fit(images, tc.codebook_size, tc.iterations, tc.seed, progress=progress)
 
 

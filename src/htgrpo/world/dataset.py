@@ -22,7 +22,7 @@ from htgrpo.tokenizers.base import ImageTokenizer
 from htgrpo.world.grammar import TASKS, Metadata, Splits, make_splits
 from htgrpo.world.render import render, sample_scene
 
-WORLD_VERSION = 1
+WORLD_VERSION = 2  # 2: objects on a light-grey tile
 
 
 def splits_for(world: WorldConfig) -> Splits:

@@ -79,6 +79,11 @@ class ShapeDetector:
         cross differ by only 4 pixels, IoU 0.892), so a reconstruction may be off by a pixel or two, no more.
     stray_tolerance: how many stray pixels an image may have and still be valid.
     max_objects: more objects than this make the image invalid (the world renders at most 4).
+    min_background_coherence: the background must continue one linear gradient for at least this share of
+        adjacent background-cell pairs (``background_smoothness``). Objects sit on tiles and one object is one
+        code, so an image decoded from random codes holds a handful of perfect shapes (about 10 % of the codes
+        are objects); what gives it away is its patchwork background. Without this gate such images scored on
+        single_object and colors. A generated image needs a coherent background, not a perfect one.
     """
 
     def __init__(
@@ -87,12 +92,14 @@ class ShapeDetector:
         template_iou: float = 0.95,
         stray_tolerance: int = 0,
         max_objects: int = 8,
+        min_background_coherence: float = 0.5,
         batch_size: int = 256,
     ) -> None:
         self.color_tolerance = color_tolerance
         self.template_iou = template_iou
         self.stray_tolerance = stray_tolerance
         self.max_objects = max_objects
+        self.min_background_coherence = min_background_coherence
         self.batch_size = batch_size
 
     def detect(self, image: np.ndarray) -> DetectionResult:
@@ -112,9 +119,26 @@ class ShapeDetector:
         _check_images(images)
         results: list[DetectionResult] = []
         for start in range(0, len(images), self.batch_size):
-            classes = classify_pixels(images[start : start + self.batch_size], self.color_tolerance)
-            results.extend(self._components(c) for c in classes)
+            chunk = images[start : start + self.batch_size]
+            classes = classify_pixels(chunk, self.color_tolerance)
+            for image, cls in zip(chunk, classes, strict=True):
+                result = self._components(cls)
+                if result.valid and self.min_background_coherence > 0:
+                    result = self._check_background(image, result)
+                results.append(result)
         return results
+
+    def _check_background(self, image: np.ndarray, result: DetectionResult) -> DetectionResult:
+        h, w = image.shape[:2]
+        if h != w or h % CELL_PX:
+            return result  # not a grid image of this world: nothing to compare the background with
+        coherence = background_smoothness(image, h // CELL_PX)
+        if coherence < self.min_background_coherence:
+            return DetectionResult(
+                False,
+                f"background is no coherent gradient (coherence {coherence:.2f} < {self.min_background_coherence})",
+            )
+        return result
 
     def _components(self, classes: np.ndarray) -> DetectionResult:
         n_stray = int((classes == STRAY).sum())

@@ -2,7 +2,7 @@
 
 The canvas is a grid of cells, one object per cell at most. The background is a linear gradient between two
 random light, nearly grey colours in one of four directions, constant within a cell, so that it is the "detail"
-that later tokens must paint consistently while objects (one token each) are the layout.
+that later tokens must paint consistently while objects (one token each, on a light-grey tile) are the layout.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 from htgrpo.errors import PromptError
 from htgrpo.eval.relations import relations
 from htgrpo.world.grammar import TASKS, Metadata, prompt_space
-from htgrpo.world.palette import CELL_PX, COLOR_NAMES, COLORS, SHAPE_PX, SHAPE_TEMPLATES, SHAPES
+from htgrpo.world.palette import CELL_PX, COLOR_NAMES, COLORS, SHAPE_PX, SHAPE_TEMPLATES, SHAPES, TILE_RGB
 
 DIRECTIONS = ("horizontal", "vertical", "diagonal", "antidiagonal")
 
@@ -80,6 +80,7 @@ def render(scene: Scene) -> np.ndarray:
     image = np.repeat(np.repeat(cells, CELL_PX, axis=0), CELL_PX, axis=1)
     for obj in scene.objects:
         x1, y1, x2, y2 = obj.box()
+        image[y1 : y1 + CELL_PX, x1 : x1 + CELL_PX] = TILE_RGB
         patch = image[y1:y2, x1:x2]
         patch[SHAPE_TEMPLATES[obj.shape]] = COLORS[obj.color]
     return image
