@@ -13,14 +13,15 @@ export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 100000000000
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install demo test lint format pretrain curve bench-sampler clean
+.PHONY: help install demo test lint format pretrain curve bench-sampler bench-methods clean
 
 help:
 	@echo "make demo      - sample and evaluate the shipped base model on the CPU (installs into .venv)"
 	@echo "make test      - ruff (format + lint) and the test suite"
-	@echo "make pretrain  - regenerate the base checkpoint from its seed (about 55 minutes on 2 cores)"
+	@echo "make pretrain  - regenerate the base checkpoint from its seed (about 60 minutes on 2 cores)"
 	@echo "make curve     - score pretraining snapshots: benchmarks/results/pretrain_curve.*"
 	@echo "make bench-sampler - sampler throughput: benchmarks/results/sampler.*"
+	@echo "make bench-methods - HT-GRPO vs its baselines: benchmarks/results/compare_methods.*"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,3 +62,6 @@ bench-sampler: $(STAMP)
 
 clean:
 	rm -rf $(OUT) .pytest_cache .ruff_cache
+
+bench-methods: $(STAMP)
+	$(PY) benchmarks/compare_methods.py --init $(CHECKPOINT) --out benchmarks/results/compare_methods
