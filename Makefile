@@ -7,17 +7,24 @@ HTGRPO := $(VENV)/bin/htgrpo
 STAMP := $(VENV)/.installed
 CHECKPOINT ?= checkpoints/base
 OUT ?= out
+ROUNDS ?= 2
+# extra `--set key=value` overrides for the demo's pipeline run, e.g. PIPELINE_SET="--set rl.prompts_per_step=8"
+PIPELINE_SET ?=
+MLFLOW_DB ?= $(OUT)/pipeline/mlflow.db
+MLFLOW_PORT ?= 5000
 
 # glibc's allocator maps and unmaps the large temporaries of every step; keeping them cuts CPU time ~3x.
 export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 100000000000
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install demo test lint format pretrain curve bench-sampler bench-methods clean
+.PHONY: help install demo test lint format pretrain curve bench-sampler bench-methods clean pipeline mlflow-ui
 
 help:
 	@echo "make demo      - sample and evaluate the shipped base model on the CPU (installs into .venv)"
 	@echo "make test      - ruff (format + lint) and the test suite"
+	@echo "make pipeline  - recompile pipelines/htgrpo.yaml (ROUNDS=$(ROUNDS)) from pipelines/htgrpo.py"
+	@echo "make mlflow-ui - the MLflow UI of the demo's runs on http://127.0.0.1:$(MLFLOW_PORT)"
 	@echo "make pretrain  - regenerate the base checkpoint from its seed (about 60 minutes on 2 cores)"
 	@echo "make curve     - score pretraining snapshots: benchmarks/results/pretrain_curve.*"
 	@echo "make bench-sampler - sampler throughput: benchmarks/results/sampler.*"
@@ -39,14 +46,22 @@ demo: $(STAMP)
 	$(HTGRPO) sample --checkpoint $(CHECKPOINT) --prompt "a photo of a diamond left of a ring" --n 8 --score --out $(OUT)/demo/diamond_left_of_ring.png
 	$(HTGRPO) evaluate --benchmark shapes --checkpoint $(CHECKPOINT) --split test --grid --out $(OUT)/demo/shapes_test.json
 	@echo "demo outputs: $(OUT)/demo/ (PNG grids, shapes_test.json/.md/.png)"
+	$(HTGRPO) pipeline run-local --pipeline pipelines/htgrpo.yaml --config configs/tiny.yaml --init $(CHECKPOINT) --out $(OUT)/pipeline $(PIPELINE_SET)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff format --check src tests benchmarks
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks components pipelines
+	$(VENV)/bin/ruff check src tests benchmarks components pipelines
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format src tests benchmarks
-	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks components pipelines
+	$(VENV)/bin/ruff check --fix src tests benchmarks components pipelines
+
+pipeline: $(STAMP)
+	$(HTGRPO) pipeline compile --rounds $(ROUNDS) --config configs/tiny.yaml --out pipelines/htgrpo.yaml
+	$(PY) pipelines/render_graph.py pipelines/htgrpo.yaml docs/pipeline.png
+
+mlflow-ui: $(STAMP)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(MLFLOW_DB)) --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 test: lint
 	$(VENV)/bin/pytest -q

@@ -30,6 +30,7 @@ SMALL = [
     "backbone.n_heads=2",
     "backbone.mlp_hidden_size=64",
     "tokenizer.codebook_size=64",
+    "world.grid=6",
 ]
 K, GRID, N = 64, 6, 36
 FILES = {"config.json", "model.safetensors", "image_tokenizer.safetensors"}

@@ -76,6 +76,7 @@ def test_config_prints_the_resolved_config_with_overrides(capsys):
         "eval",
         "storage",
         "tracking",
+        "pipeline",
         "rl",
     }
 

@@ -39,7 +39,7 @@ def test_tiny_yaml_loads():
         6,
     )
     assert cfg.tokenizer.codebook_size == 512
-    assert cfg.world.grid == 6 and cfg.world.seed == 0
+    assert cfg.world.grid == 5 and cfg.world.seed == 0 and cfg.world.background == "themes"
     assert cfg.sampler.kind == "maskgit" and cfg.sampler.steps == 12
     assert cfg.pretrain.lr == pytest.approx(0.0015)
     assert cfg.storage.uri == "file://checkpoints"

@@ -88,7 +88,7 @@ def test_patches_reject_sizes_not_multiple_of_patch():
 def test_fitted_tokenizer_encodes_and_decodes(small_tok, small_images):
     assert small_tok.codebook_size == 64
     assert small_tok.codebook.shape == (64, PATCH * PATCH * 3)
-    assert small_tok.grid_for(48, 48) == (GRID, GRID)
+    assert small_tok.grid_for(48, 48) == (6, 6)
     codes = small_tok.encode(small_images[:10])
     assert codes.shape == (10, GRID * GRID)
     assert codes.dtype == torch.long
@@ -109,10 +109,12 @@ def test_fit_is_deterministic(small_images):
     assert torch.equal(a.codebook, b.codebook)
 
 
-def test_fit_needs_enough_distinct_patches():
-    flat = np.full((4, 16, 16, 3), 220, np.uint8)
-    with pytest.raises(ValueError, match="distinct patches"):
-        PatchKMeansTokenizer.fit(flat, 16, iterations=1, progress=False)
+def test_few_distinct_patches_give_a_lossless_codebook_of_that_size():
+    images = np.full((4, 16, 16, 3), 220, np.uint8)
+    images[1, :8, :8] = 30  # two distinct patches in all
+    tok = PatchKMeansTokenizer.fit(images, 16, iterations=1, progress=False)
+    assert tok.codebook_size == 2
+    assert np.array_equal(tok.decode(tok.encode(images), (2, 2)), images)
 
 
 def test_decode_rejects_out_of_range_codes(small_tok):
@@ -199,7 +201,9 @@ def full_tok(request) -> PatchKMeansTokenizer:
     """
     if SHIPPED_TOKENIZER.is_file():
         tok = PatchKMeansTokenizer.load(SHIPPED_TOKENIZER)
-        assert tok.codebook_size == CFG.tokenizer.codebook_size
+        assert (
+            tok.codebook_size <= CFG.tokenizer.codebook_size
+        )  # an upper bound: fewer distinct patches, fewer codes
         return tok
     cache = getattr(request.config, "cache", None)  # absent under `-p no:cacheprovider`
     cached = None

@@ -10,6 +10,10 @@ Layout of a checkpoint directory::
 A directory without a manifest, or whose files do not match it, is not a checkpoint: loading it fails with a
 message that says which file is missing or damaged. Saving writes into a temporary sibling directory and renames
 it into place, so a killed process never leaves a half-written checkpoint under the final name.
+
+Every function also takes an ``s3://BUCKET/PREFIX/NAME`` URI (and a ``storage`` section for the endpoint):
+saving writes the checkpoint locally, then uploads it with its manifest last; loading downloads it into the
+storage cache and verifies every file first (``htgrpo.storage.checkpoints``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 
 from htgrpo.backbones.tiny import TinyBackbone
-from htgrpo.config import Config, config_to_dict
+from htgrpo.config import Config, StorageConfig, config_to_dict
 from htgrpo.errors import CheckpointError
 from htgrpo.tokenizers.kmeans import PatchKMeansTokenizer
 
@@ -46,6 +50,19 @@ def _strip_prefix(path: str) -> Path:
     return Path(path[len("file://") :]) if path.startswith("file://") else Path(path)
 
 
+def _is_remote(directory: str | Path) -> bool:
+    return str(directory).startswith("s3://")
+
+
+def _local(directory: str | Path, storage: StorageConfig | None = None) -> Path:
+    """The local directory of a checkpoint: itself, or a verified download of an s3:// one."""
+    if _is_remote(directory):
+        from htgrpo.storage.checkpoints import fetch_checkpoint
+
+        return fetch_checkpoint(str(directory), storage)
+    return _strip_prefix(str(directory))
+
+
 RESERVED_FILES = frozenset({MANIFEST, "config.json", "model.safetensors", "image_tokenizer.safetensors"})
 
 
@@ -55,12 +72,24 @@ def save_checkpoint(
     cfg: Config,
     extra: dict[str, Any] | None = None,
     extra_files: Mapping[str, bytes] | None = None,
+    storage: StorageConfig | None = None,
 ) -> Path:
     """Write a whole checkpoint atomically (temporary directory, manifest last, rename).
 
     ``extra_files`` (name -> content) are written into the same directory and listed in the manifest, so
     they are checked and appear or vanish together with the weights (e.g. an RL run's optimizer state).
+    An ``s3://`` destination is written to a local temporary directory and uploaded, manifest last; the
+    return value is then the local copy (the upload is verified on every later load).
     """
+    if _is_remote(directory):
+        import tempfile
+
+        from htgrpo.storage.checkpoints import upload_checkpoint_dir
+
+        with tempfile.TemporaryDirectory(prefix="htgrpo-ckpt-") as tmpdir:
+            local = save_checkpoint(Path(tmpdir) / "ckpt", backbone, cfg, extra, extra_files)
+            upload_checkpoint_dir(local, str(directory), storage)
+        return _local(directory, storage)
     for name in extra_files or {}:
         if name in RESERVED_FILES or not name or "/" in name or "\\" in name or name.startswith("."):
             raise ValueError(f"extra checkpoint file name {name!r} is reserved or not a plain file name")
@@ -107,9 +136,9 @@ def save_checkpoint(
     return final
 
 
-def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
+def verify_checkpoint(directory: str | Path, storage: StorageConfig | None = None) -> dict[str, Any]:
     """Check the manifest against the files; return the parsed config.json."""
-    d = _strip_prefix(str(directory))
+    d = _local(directory, storage)
     if not d.is_dir():
         raise CheckpointError(f"checkpoint {d} does not exist")
     manifest_path = d / MANIFEST
@@ -134,9 +163,11 @@ def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
     return json.loads((d / "config.json").read_text())
 
 
-def load_checkpoint(directory: str | Path, cfg: Config | None = None) -> tuple[TinyBackbone, Config]:
+def load_checkpoint(
+    directory: str | Path, cfg: Config | None = None, storage: StorageConfig | None = None
+) -> tuple[TinyBackbone, Config]:
     """Rebuild the backbone saved in `directory`. With `cfg`, its backbone section must match the checkpoint's."""
-    d = _strip_prefix(str(directory))
+    d = _local(directory, storage or (cfg.storage if cfg is not None else None))
     meta = verify_checkpoint(d)
     saved_cfg = Config.model_validate(meta["config"])
     if cfg is not None and cfg.backbone != saved_cfg.backbone:
@@ -176,18 +207,18 @@ def load_checkpoint(directory: str | Path, cfg: Config | None = None) -> tuple[T
     return backbone, saved_cfg
 
 
-def read_checkpoint_file(directory: str | Path, name: str) -> bytes:
+def read_checkpoint_file(directory: str | Path, name: str, storage: StorageConfig | None = None) -> bytes:
     """An extra file of a verified checkpoint (see ``save_checkpoint(extra_files=...)``)."""
-    d = _strip_prefix(str(directory))
+    d = _local(directory, storage)
     manifest = json.loads((d / MANIFEST).read_text())
     if name not in manifest["files"]:
         raise CheckpointError(f"checkpoint {d} has no {name}")
     return (d / name).read_bytes()
 
 
-def checkpoint_sha(directory: str | Path) -> str:
+def checkpoint_sha(directory: str | Path, storage: StorageConfig | None = None) -> str:
     """A short content digest of a checkpoint (its manifest's hash)."""
-    return sha256_file(_strip_prefix(str(directory)) / MANIFEST)[:16]
+    return sha256_file(_local(directory, storage) / MANIFEST)[:16]
 
 
 __all__ = [

@@ -157,7 +157,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"resuming {out} at RL step {trainer.step} of {cfg.rl.steps}", file=sys.stderr)
     else:
         trainer = GRPOTrainer(cfg, init_policy(cfg, args.init), out)
+    tracker = run_id = None
+    if cfg.tracking.enabled:
+        from htgrpo.tracking import Tracker
+
+        tracker = Tracker(cfg.tracking, out)
+        run_id = tracker.start_pipeline_run(cfg, out.name, tags={"htgrpo.kind": "train", "run_dir": str(out)})
+        trainer.callbacks.append(lambda rec: tracker.log_metrics(run_id, rec, step=rec["step"]))
     history = trainer.train()
+    if tracker is not None:
+        last_ckpt = GRPOTrainer.checkpoint_dirs(out)
+        tracker.set_tags(run_id, {"checkpoint_uri": f"file://{last_ckpt[-1].resolve()}" if last_ckpt else ""})
+        tracker.end_run(run_id)
     done = [h for h in history if "times" in h and "skipped" not in h]
     last = GRPOTrainer.checkpoint_dirs(out)
     print(
@@ -202,6 +213,36 @@ def cmd_config(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return 0
+
+
+def cmd_pipeline_compile(args: argparse.Namespace) -> int:
+    from htgrpo.config import load_config
+    from htgrpo.pipeline.local import load_pipeline_module
+
+    cfg = load_config(args.config, args.overrides)
+    module = load_pipeline_module(args.pipeline_py)
+    out = module.compile_pipeline(args.out, rounds=args.rounds, settings=cfg.pipeline)
+    print(f"compiled {args.rounds} round(s) to {out}")
+    return 0
+
+
+def cmd_pipeline_run_local(args: argparse.Namespace) -> int:
+    from htgrpo.pipeline.local import format_summary, run_local
+
+    _threads()
+    summary = run_local(
+        args.pipeline,
+        config=args.config,
+        init_checkpoint=args.init,
+        out=args.out,
+        overrides=args.overrides,
+        shards=args.shards,
+        run_name=args.run_name,
+        storage_uri=args.storage_uri,
+        tracking_uri=args.tracking_uri,
+    )
+    print(format_summary(summary))
     return 0
 
 
@@ -272,6 +313,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="JSONL path")
     _add_config_args(p)
     p.set_defaults(func=cmd_world)
+
+    p = sub.add_parser(
+        "pipeline", help="the Kubeflow pipeline: compile it, or run it here with KFP's local runner"
+    )
+    psub = p.add_subparsers(dest="pipeline_command", required=True)
+    q = psub.add_parser("compile", help="compile pipelines/htgrpo.py to KFP IR YAML")
+    q.add_argument("--rounds", type=int, default=2, help="RL rounds, fixed at compile time")
+    q.add_argument("--out", default="pipelines/htgrpo.yaml", help="YAML to write")
+    q.add_argument("--pipeline-py", default="pipelines/htgrpo.py", help="the pipeline definition")
+    _add_config_args(q)
+    q.set_defaults(func=cmd_pipeline_compile)
+    q = psub.add_parser(
+        "run-local", help="run the compiled pipeline with KFP's SubprocessRunner (CPU, local)"
+    )
+    q.add_argument("--pipeline", default="pipelines/htgrpo.yaml", help="compiled pipeline YAML")
+    q.add_argument("--init", default="checkpoints/base", help="initial checkpoint (path, file:// or s3://)")
+    q.add_argument("--out", default="out/pipeline", help="local output: store, MLflow db, KFP outputs")
+    q.add_argument("--shards", type=int, default=None, help="rollout shards (default: the pipeline's)")
+    q.add_argument("--run-name", default=None, help="run name (default local-TIMESTAMP)")
+    q.add_argument("--storage-uri", default=None, help="store (default file://OUT/store)")
+    q.add_argument("--tracking-uri", default=None, help="MLflow (default sqlite:///OUT/mlflow.db)")
+    _add_config_args(q)
+    q.set_defaults(func=cmd_pipeline_run_local)
 
     p = sub.add_parser("config", help="print the resolved configuration")
     _add_config_args(p)

@@ -53,7 +53,12 @@ class TokenizerConfig(_Frozen):
     kind: Literal["kmeans"] = Field(
         "kmeans", description="Image tokenizer: a k-means codebook of 8x8 patches."
     )
-    codebook_size: int = Field(512, ge=16, le=65536, description="Number of codes in the codebook.")
+    codebook_size: int = Field(
+        512,
+        ge=16,
+        le=65536,
+        description="Most codes in the codebook (fewer when the images have fewer distinct patches).",
+    )
     train_images: int = Field(6000, gt=0, description="Rendered training images the codebook is fitted on.")
     iterations: int = Field(25, gt=0, description="k-means (Lloyd) iterations.")
     seed: int = Field(0, description="Seed for the codebook's initialisation and training images.")
@@ -61,6 +66,10 @@ class TokenizerConfig(_Frozen):
 
 class WorldConfig(_Frozen):
     grid: int = Field(6, ge=3, le=16, description="Cells per side; one cell (8x8 pixels) is one image token.")
+    background: Literal["themes", "random"] = Field(
+        "themes",
+        description="themes: a gradient drawn from a few fixed themes; random: between two random light colours.",
+    )
     seed: int = Field(0, description="Seed of the prompt splits and the unseen colour-shape pairs.")
     unseen_pairs: int = Field(
         6, ge=0, description="Colour-shape pairs held out of training (the unseen split)."
@@ -135,7 +144,7 @@ class PretrainConfig(_Frozen):
         0.1, ge=0, le=1, description="Share of prompts replaced by the unconditional one."
     )
     min_mask_ratio: float = Field(0.0, ge=0, lt=1, description="Lower bound of the sampled mask ratio t.")
-    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the weights that is saved (0 disables).")
+    ema_decay: float = Field(0.995, ge=0, lt=1, description="EMA of the weights that is saved (0 disables).")
     time_budget_min: float | None = Field(None, gt=0, description="Stop after this many minutes if set.")
     snapshot_every_min: float | None = Field(
         None, gt=0, description="Also save numbered snapshots this often (for the score-versus-time curve)."
@@ -371,17 +380,158 @@ class RLConfig(_Frozen):
 
 
 class StorageConfig(_Frozen):
+    """Where checkpoints, rollout batches and pipeline runs are kept: a local directory or any S3 endpoint.
+
+    S3 credentials never appear here: boto3 reads them from the environment (``AWS_ACCESS_KEY_ID`` /
+    ``AWS_SECRET_ACCESS_KEY``, a Kubernetes secret in the pipeline) or from the pod's IAM role.
+    """
+
     uri: str = Field(
-        "file://checkpoints", description="Where checkpoints are written: file://DIR (or s3:// later)."
+        "file://checkpoints",
+        description="Root of all stored objects: file://DIR (relative or file:///absolute) or s3://BUCKET/PREFIX.",
     )
+    endpoint_url: str | None = Field(
+        None,
+        description="S3 endpoint of an S3-compatible server (SeaweedFS, MinIO, Ceph); null: AWS, or the "
+        "AWS_ENDPOINT_URL environment variable when set.",
+    )
+    region: str = Field("us-east-1", description="S3 region name (most S3-compatible servers ignore it).")
+    addressing_style: Literal["path", "virtual", "auto"] = Field(
+        "path", description="S3 addressing style; path suits S3-compatible servers, virtual suits AWS."
+    )
+    retries: int = Field(
+        4,
+        ge=0,
+        description="Retries of a failed S3 request (connection lost, 5xx, throttling) before giving up.",
+    )
+    backoff_s: float = Field(
+        0.5, ge=0, description="Wait before the first retry; doubled each retry (with jitter), capped below."
+    )
+    max_backoff_s: float = Field(8.0, ge=0, description="Longest wait between two retries.")
+    connect_timeout_s: float = Field(5.0, gt=0, description="S3 connection timeout per request.")
+    read_timeout_s: float = Field(60.0, gt=0, description="S3 read timeout per request.")
+    multipart_threshold_mb: int = Field(
+        8, ge=5, description="Files at least this large are uploaded in parts (S3's minimum part is 5 MB)."
+    )
+    multipart_chunk_mb: int = Field(8, ge=5, description="Part size of multipart uploads and downloads.")
+    max_concurrency: int = Field(4, gt=0, description="Parallel part transfers per file.")
+    cache_dir: str = Field(
+        ".cache/htgrpo/store",
+        description="Local directory where checkpoints read from S3 are downloaded (verified) before loading.",
+    )
+
+    @model_validator(mode="after")
+    def _known_scheme(self) -> StorageConfig:
+        uri = self.uri.strip()
+        if uri.startswith("s3://"):
+            bucket = uri[len("s3://") :].split("/", 1)[0]
+            if not 3 <= len(bucket) <= 63:
+                raise ValueError(f"uri: the S3 bucket name {bucket!r} must have 3 to 63 characters")
+        elif "://" in uri and not uri.startswith("file://"):
+            raise ValueError(f"uri: {uri!r} has an unsupported scheme; use file://DIR or s3://BUCKET/PREFIX")
+        elif not uri or uri in ("file://", "s3://"):
+            raise ValueError("uri: empty; use file://DIR or s3://BUCKET/PREFIX")
+        return self
 
 
 class TrackingConfig(_Frozen):
+    """MLflow lineage. When the tracking server cannot be reached, training goes on and metrics are written to
+    ``fallback_dir`` with a warning."""
+
     enabled: bool = Field(False, description="Log to MLflow.")
     tracking_uri: str = Field(
-        "sqlite:///mlflow.db", description="MLflow tracking URI (sqlite file by default)."
+        "sqlite:///mlflow.db",
+        description="MLflow tracking URI: sqlite:///FILE (embedded, no server; artifacts in artifact_root) or "
+        "http(s)://HOST:PORT of a tracking server.",
     )
     experiment: str = Field("htgrpo", description="MLflow experiment name.")
+    artifact_root: str | None = Field(
+        None,
+        description="Artifact location of a newly created experiment with a sqlite store (null: mlruns/ beside "
+        "the database); "
+        "ignored for servers, which store artifacts themselves.",
+    )
+    registered_model: str = Field(
+        "htgrpo-tiny", description="Registered model name of the trained checkpoints."
+    )
+    champion_metric: str = Field(
+        "overall",
+        description="Evaluation metric that decides promotion from alias candidate to champion (higher is better).",
+    )
+    http_retries: int = Field(
+        2, ge=0, description="MLflow client retries per request before the tracker falls back to local files."
+    )
+    http_timeout_s: float = Field(10.0, gt=0, description="MLflow client timeout per request.")
+    fallback_dir: str = Field(
+        "mlflow-offline",
+        description="Where metrics go (JSONL) when MLflow is unreachable; relative to the run's output directory.",
+    )
+    log_images: bool = Field(True, description="Log sample image grids each round.")
+
+
+class StepResources(_Frozen):
+    """Kubernetes scheduling of one kind of pipeline step (applied with kfp-kubernetes at compile time)."""
+
+    accelerator_type: str | None = Field(
+        None, description="Extended resource name of the accelerator, e.g. nvidia.com/gpu (null: no GPU)."
+    )
+    accelerator_limit: int = Field(
+        1, ge=1, description="Accelerators per pod (when accelerator_type is set)."
+    )
+    cpu_limit: str | None = Field(None, description="CPU limit, e.g. '8' (null: none).")
+    memory_limit: str | None = Field(None, description="Memory limit, e.g. 64G (null: none).")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Node labels the pod must match, e.g. {nvidia.com/gpu.product: H100}.",
+    )
+    tolerations: list[dict[str, str]] = Field(
+        default_factory=list,
+        description="Tolerations, each {key, operator (Equal|Exists), value, effect (NoSchedule|NoExecute|...)}.",
+    )
+
+    @model_validator(mode="after")
+    def _tolerations(self) -> StepResources:
+        allowed = {"key", "operator", "value", "effect"}
+        for i, t in enumerate(self.tolerations):
+            bad = set(t) - allowed
+            if bad:
+                raise ValueError(f"tolerations[{i}]: unknown keys {sorted(bad)}; allowed {sorted(allowed)}")
+            if t.get("operator", "Equal") not in ("Equal", "Exists"):
+                raise ValueError(f"tolerations[{i}].operator must be Equal or Exists (got {t['operator']!r})")
+        return self
+
+
+def _gpu_step() -> StepResources:
+    return StepResources(
+        accelerator_type="nvidia.com/gpu",
+        accelerator_limit=1,
+        node_selector={"nvidia.com/gpu.present": "true"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    )
+
+
+class PipelineConfig(_Frozen):
+    """The Kubeflow pipeline: images, node pools per kind of step and the Kubernetes secrets it reads."""
+
+    image: str = Field(
+        "ghcr.io/htgrpo/htgrpo:0.1.0",
+        description="Container image of every component (the htgrpo package and its dependencies installed).",
+    )
+    shards: int = Field(2, ge=1, description="Default rollout fan-out: prompt shards rolled out in parallel.")
+    rollout: StepResources = Field(default_factory=_gpu_step, description="Rollout pods.")
+    reward: StepResources = Field(
+        default_factory=_gpu_step, description="Reward-scoring pods (reward models get GPUs of their own)."
+    )
+    train: StepResources = Field(default_factory=_gpu_step, description="Training-stage pods.")
+    eval: StepResources = Field(default_factory=_gpu_step, description="Evaluation pods.")
+    s3_secret: str = Field(
+        "htgrpo-s3",
+        description="Kubernetes secret with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (set as env).",
+    )
+    mlflow_secret: str = Field(
+        "htgrpo-mlflow",
+        description="Kubernetes secret with MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (optional).",
+    )
 
 
 class Config(_Frozen):
@@ -395,6 +545,9 @@ class Config(_Frozen):
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Benchmark evaluation.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Checkpoint storage.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Experiment tracking.")
+    pipeline: PipelineConfig = Field(
+        default_factory=PipelineConfig, description="The Kubeflow pipeline (images, node pools, secrets)."
+    )
     rl: RLConfig = Field(default_factory=RLConfig, description="Online RL fine-tuning (htgrpo train).")
 
 

@@ -25,3 +25,7 @@ class WeightsError(HtgrpoError, FileNotFoundError):
 
 class BenchmarkDataError(HtgrpoError, FileNotFoundError):
     """A benchmark's data file (prompts, questions) is missing or malformed."""
+
+
+class StorageError(HtgrpoError, OSError):
+    """The checkpoint store (a directory or an S3 endpoint) failed: unreachable, refused, or out of retries."""

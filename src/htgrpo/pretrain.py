@@ -38,7 +38,7 @@ def train_tokenizer(cfg: Config, progress: bool = True) -> PatchKMeansTokenizer:
     rng = np.random.default_rng(tc.seed + 7919)
     pool = splits.train + splits.unseen
     index = draw_prompts(pool, cfg.world.task_weights, tc.train_images, rng)
-    images = render_rows([pool[i] for i in index], rng, cfg.world.grid)
+    images = render_rows([pool[i] for i in index], rng, cfg.world.grid, background=cfg.world.background)
     return PatchKMeansTokenizer.fit(images, tc.codebook_size, tc.iterations, tc.seed, progress=progress)
 
 

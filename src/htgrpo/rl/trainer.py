@@ -29,6 +29,7 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ from htgrpo.errors import CheckpointError, ConfigError, HtgrpoError, PromptError
 from htgrpo.rl.advantages import PerPromptStatTracker, group_advantages
 from htgrpo.rl.estimators import IterationPlan, RolloutRecord, build_estimator
 from htgrpo.rl.loss import LossOutput, grpo_loss, policy_log_probs
+from htgrpo.rl.phases import RolloutBatch, ScoredBatch
 from htgrpo.rl.rewards import mixed_reward
 from htgrpo.sampling import sample
 from htgrpo.sampling.core import model_device
@@ -102,6 +104,39 @@ def check_prompt_pool(rows: Sequence[Metadata], source: str) -> list[Metadata]:
 
 def derive_seed(seed: int, step: int, purpose: str) -> int:
     return int(np.random.SeedSequence([seed, step, _PURPOSE[purpose]]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def shard_seed(seed: int, step: int, shard: int) -> int:
+    """Rollout seed of one of several shards of a step (a single shard uses the step's own rollout seed)."""
+    key = [seed, step, _PURPOSE["rollout"], shard]
+    return int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1)
+
+
+@dataclass
+class UpdateBatch:
+    """A scored batch made ready for the inner iterations: plans, the rollout record, advantages, chunks, and
+    (after ``old_ref_log_probs``) theta_old / theta_ref log-probs per runnable plan."""
+
+    plans: list[IterationPlan]
+    runnable: list[IterationPlan]
+    record: RolloutRecord
+    advantages: torch.Tensor
+    chunks: list[slice]
+    old: list[torch.Tensor] | None = None
+    ref: list[torch.Tensor] | None = None
+
+    def log_probs_to_bytes(self) -> bytes:
+        tensors = {f"old.{k}": t.detach().cpu().contiguous() for k, t in enumerate(self.old or [])}
+        tensors.update({f"ref.{k}": t.detach().cpu().contiguous() for k, t in enumerate(self.ref or [])})
+        return save_tensors(tensors)
+
+    def log_probs_from_bytes(self, data: bytes, device: torch.device) -> None:
+        t = load_tensors(data)
+        n = len(self.runnable)
+        self.old = [t[f"old.{k}"].to(device) for k in range(n)]
+        self.ref = [t[f"ref.{k}"].to(device) for k in range(n)] if "ref.0" in t else []
+        if any(f"old.{k}" not in t for k in range(n)):
+            raise RLError("stored log-probs do not match this batch's plans")
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
@@ -242,6 +277,8 @@ class GRPOTrainer:
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.progress = progress
+        self.callbacks: list[Any] = []
+        """Called with each finished step's record (e.g. MLflow logging in ``htgrpo train``)."""
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if self.run_dir is not None and not _resuming:
             existing = self.checkpoint_dirs(self.run_dir)
@@ -270,23 +307,40 @@ class GRPOTrainer:
         prompt = PromptBatch(part.input_ids.to(dev), part.attention_mask.to(dev))
         return policy_log_probs(model, prompt, record.codes[sl].to(dev), plan.visible[sl].to(dev))
 
-    def train_step(self) -> dict[str, Any]:
-        """Run RL step ``self.step + 1``; returns (and records) its metrics."""
-        rl, dev = self.rl, self.device
-        times = {"rollout": 0.0, "reward": 0.0, "old_ref": 0.0, "update": 0.0}
-        t0 = time.perf_counter()
+    # --- the phases of one RL step (each also runs on its own, in a pipeline component) -------------------
+    def step_prompts(self) -> list[int]:
+        """Indices (into the prompt pool) of the ``prompts_per_step`` prompts of RL step ``self.step + 1``."""
         rng = np.random.default_rng(self._seed("prompts"))
-        idx = draw_prompts(self.prompts, self.cfg.world.task_weights, rl.prompts_per_step, rng)
-        metas = [self.prompts[i] for i in idx for _ in range(rl.group_size)]
-        texts = [m["prompt"] for m in metas]
-        gen = torch.Generator().manual_seed(self._seed("rollout"))
-        result = sample(self.policy, texts, self.sampler_cfg, gen)
-        images = result.decode(self.policy)
-        _sync(dev)
-        times["rollout"] = time.perf_counter() - t0
+        return [
+            int(i)
+            for i in draw_prompts(self.prompts, self.cfg.world.task_weights, self.rl.prompts_per_step, rng)
+        ]
 
+    def rollout(self, shard: int = 0, shards: int = 1) -> RolloutBatch:
+        """G images for each prompt of shard ``shard`` (of ``shards`` contiguous shards) of this step's prompts.
+
+        One shard uses the step's rollout seed, so an unsharded rollout is exactly ``train_step``'s.
+        """
+        if not 0 <= shard < shards:
+            raise RLError(f"shard {shard} is not in 0..{shards - 1}")
+        idx = self.step_prompts()
+        if shards > len(idx):
+            raise RLError(f"{shards} rollout shards for {len(idx)} prompts per step: use at most {len(idx)}")
+        part = np.array_split(np.arange(len(idx)), shards)[shard]
+        metas = [self.prompts[idx[i]] for i in part for _ in range(self.rl.group_size)]
+        seed = self._seed("rollout") if shards == 1 else shard_seed(self.rl.seed, self.step, shard)
+        gen = torch.Generator().manual_seed(seed)
+        result = sample(self.policy, [m["prompt"] for m in metas], self.sampler_cfg, gen)
+        images = result.decode(self.policy)
+        _sync(self.device)
+        return RolloutBatch(self.step + 1, shard, shards, metas, result, images)
+
+    def score(self, batch: RolloutBatch) -> ScoredBatch:
+        """Rewards and group advantages of a step's rollout (updates the per-prompt statistics, if any)."""
+        rl = self.rl
         t0 = time.perf_counter()
-        rewards = self.reward(images, texts, metas)
+        metas, texts = batch.metas, batch.texts
+        rewards = self.reward(batch.images, texts, metas)
         adv = group_advantages(
             rewards.total,
             rl.group_size,
@@ -295,11 +349,11 @@ class GRPOTrainer:
             prompts=texts,
             drop_zero_variance=rl.drop_zero_variance_groups,
         )
-        times["reward"] = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
         finite = np.isfinite(rewards.total)
         record_out: dict[str, Any] = {
-            "step": self.step + 1,
-            "images_sampled": (self.step + 1) * len(texts),
+            "step": batch.step,
+            "images_sampled": batch.step * len(texts),
             "reward_mean": _round(float(rewards.total[finite].mean())) if finite.any() else None,
             "reward_std": _round(float(rewards.total[finite].std())) if finite.any() else None,
             "reward_per_task": self._per_task(rewards.total, metas),
@@ -311,49 +365,79 @@ class GRPOTrainer:
             "groups_skipped": adv.groups_skipped,
             "zero_variance_share": _round(adv.zero_variance_share, 4),
             "samples_kept": int(adv.keep.sum()),
-            "forward_passes_per_sample": {"rollout": result.forward_passes},
+            "forward_passes_per_sample": {"rollout": batch.sample.forward_passes},
         }
         if adv.nonfinite:
             warnings.warn(
-                f"RL step {self.step + 1}: dropped {adv.nonfinite} non-finite reward(s); "
+                f"RL step {batch.step}: dropped {adv.nonfinite} non-finite reward(s); "
                 f"{adv.groups_skipped} group(s) left with < 2 valid samples were skipped",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        keep = np.flatnonzero(adv.keep)
-        if keep.size == 0:
-            why = (
+        skip = None
+        if not adv.keep.any():
+            skip = (
                 "every group was skipped (non-finite rewards)"
                 if adv.groups_skipped == adv.groups
                 else "no sample left to update (zero-variance groups dropped)"
             )
-            record_out.update(skipped=why, times={k: round(v, 4) for k, v in times.items()})
-            tqdm.write(f"RL step {self.step + 1} skipped: {why}")
-            return self._finish_step(record_out)
+        return ScoredBatch(
+            batch,
+            rewards.total,
+            dict(rewards.components),
+            adv.advantages,
+            adv.keep,
+            record_out,
+            self.tracker.state_dict() if self.tracker else None,
+            {"reward": seconds},
+            skip,
+        )
 
-        plans, record = self._plans(result, texts, keep)
-        advantages = torch.as_tensor(adv.advantages[keep], dtype=torch.float32, device=dev)
+    def prepare_update(self, scored: ScoredBatch) -> UpdateBatch:
+        """The K iteration plans of a scored batch (drawn from the step's seed), without log-probs yet."""
+        keep = np.flatnonzero(scored.keep)
+        plans, record = self._plans(scored.rollout.sample, scored.rollout.texts, keep)
+        advantages = torch.as_tensor(scored.advantages[keep], dtype=torch.float32, device=self.device)
         runnable = [p for p in plans if bool(p.update.any())]
-        chunks = self._chunks(record.batch)
+        return UpdateBatch(plans, runnable, record, advantages, self._chunks(record.batch))
 
+    def old_ref_log_probs(self, upd: UpdateBatch) -> float:
+        """theta_old (the current policy) and theta_ref log-probs of every runnable plan; returns seconds."""
         t0 = time.perf_counter()
-        old, ref = [], []
+        upd.old, upd.ref = [], []
         self.policy.train()
         with torch.no_grad():
-            for plan in runnable:
-                old.append(torch.cat([self._log_probs(self.policy, record, plan, sl) for sl in chunks]))
-                if rl.kl_beta > 0:
-                    ref.append(
-                        torch.cat([self._log_probs(self.reference, record, plan, sl) for sl in chunks])
+            for plan in upd.runnable:
+                upd.old.append(
+                    torch.cat([self._log_probs(self.policy, upd.record, plan, sl) for sl in upd.chunks])
+                )
+                if self.rl.kl_beta > 0:
+                    upd.ref.append(
+                        torch.cat(
+                            [self._log_probs(self.reference, upd.record, plan, sl) for sl in upd.chunks]
+                        )
                     )
-        _sync(dev)
-        times["old_ref"] = time.perf_counter() - t0
+        _sync(self.device)
+        return time.perf_counter() - t0
 
+    def update(
+        self, upd: UpdateBatch, stages: Sequence[str] | None = None
+    ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], float]:
+        """The inner iterations of the given stages (all when None), in plan order.
+
+        Returns the per-stage summaries, the per-iteration records and the seconds taken.
+        """
+        rl, dev = self.rl, self.device
+        if upd.old is None:
+            raise RLError("update() needs old_ref_log_probs() first")
         t0 = time.perf_counter()
-        stages: dict[str, StageStats] = {}
+        summaries: dict[str, StageStats] = {}
         iterations = []
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        for k, plan in enumerate(runnable):
+        self.policy.train()
+        for k, plan in enumerate(upd.runnable):
+            if stages is not None and plan.stage not in stages:
+                continue
             update = plan.update.to(dev)
             weights = plan.weights.to(dev)
             counts = update.sum(1)
@@ -361,13 +445,13 @@ class GRPOTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             parts: list[LossOutput] = []
             loss_value = 0.0
-            for sl in chunks:
-                logp = self._log_probs(self.policy, record, plan, sl)
+            for sl in upd.chunks:
+                logp = self._log_probs(self.policy, upd.record, plan, sl)
                 out = grpo_loss(
                     logp,
-                    old[k][sl],
-                    ref[k][sl] if ref else None,
-                    advantages[sl],
+                    upd.old[k][sl],
+                    upd.ref[k][sl] if upd.ref else None,
+                    upd.advantages[sl],
                     update[sl],
                     weights=weights[sl],
                     clip_eps=rl.clip_eps,
@@ -390,7 +474,7 @@ class GRPOTrainer:
                 kl_sum=sum(p.kl_sum for p in parts),
                 ratio_min=min(p.ratio_min for p in parts),
             )
-            stages.setdefault(plan.stage, StageStats()).add(merged, loss_value, grad_norm, plan)
+            summaries.setdefault(plan.stage, StageStats()).add(merged, loss_value, grad_norm, plan)
             iterations.append(
                 {
                     "stage": plan.stage,
@@ -407,19 +491,50 @@ class GRPOTrainer:
                 }
             )
         _sync(dev)
-        times["update"] = time.perf_counter() - t0
-        n_run = len(runnable)
+        return {name: st.summary() for name, st in summaries.items()}, iterations, time.perf_counter() - t0
+
+    def finish_update(
+        self,
+        scored: ScoredBatch,
+        upd: UpdateBatch | None,
+        stages: dict[str, dict[str, Any]],
+        iterations: list[dict[str, Any]],
+        times: dict[str, float],
+    ) -> dict[str, Any]:
+        """Close RL step ``self.step + 1``: its record (rewards, stages, iterations, times), step += 1."""
+        record_out = json.loads(json.dumps(scored.record))
+        if upd is None:
+            record_out.update(skipped=scored.skip, times={k: round(v, 4) for k, v in times.items()})
+            tqdm.write(f"RL step {self.step + 1} skipped: {scored.skip}")
+            return self._finish_step(record_out)
+        n_run = len(upd.runnable)
         fp = record_out["forward_passes_per_sample"]
-        fp.update(old=n_run, ref=n_run if rl.kl_beta > 0 else 0, train=n_run)
+        fp.update(old=n_run, ref=n_run if self.rl.kl_beta > 0 else 0, train=n_run)
         fp["total"] = sum(fp.values())
         record_out.update(
             inner_iterations=n_run,
-            empty_plans_skipped=len(plans) - n_run,
-            stages={name: s.summary() for name, s in stages.items()},
+            empty_plans_skipped=len(upd.plans) - n_run,
+            stages=stages,
             iterations=iterations,
             times={k: round(v, 4) for k, v in times.items()},
         )
         return self._finish_step(record_out)
+
+    def train_step(self) -> dict[str, Any]:
+        """Run RL step ``self.step + 1`` (rollout, score, plans, old/ref log-probs, K updates); returns its
+        metrics. The same phases run one by one in the Kubeflow pipeline."""
+        times = {"rollout": 0.0, "reward": 0.0, "old_ref": 0.0, "update": 0.0}
+        t0 = time.perf_counter()
+        batch = self.rollout()
+        times["rollout"] = time.perf_counter() - t0
+        scored = self.score(batch)
+        times["reward"] = scored.times["reward"]
+        if scored.skip is not None:
+            return self.finish_update(scored, None, {}, [], times)
+        upd = self.prepare_update(scored)
+        times["old_ref"] = self.old_ref_log_probs(upd)
+        stages, iterations, times["update"] = self.update(upd)
+        return self.finish_update(scored, upd, stages, iterations, times)
 
     def _plans(self, result, texts: list[str], keep: np.ndarray) -> tuple[list[IterationPlan], RolloutRecord]:
         sel = torch.as_tensor(keep, dtype=torch.long)
@@ -455,6 +570,8 @@ class GRPOTrainer:
         if self.rl.eval_every and self.step % self.rl.eval_every == 0:
             record["eval"] = self.evaluate()
         self.history.append(record)
+        for callback in self.callbacks:
+            callback(record)
         if self.run_dir is not None:
             with (self.run_dir / METRICS).open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
@@ -512,10 +629,8 @@ class GRPOTrainer:
         text = yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False)
         (self.run_dir / "config.yaml").write_text(text)
 
-    def save(self) -> Path:
-        """Checkpoint the run at its current step (atomic); keeps the ``keep_checkpoints`` newest."""
-        if self.run_dir is None:
-            raise RLError("this trainer has no run directory to save into")
+    def state_files(self, extra_state: dict[str, Any] | None = None) -> dict[str, bytes]:
+        """The extra checkpoint files of the run: optimizer, frozen reference and trainer state."""
         opt_blob, opt_rest = optimizer_to_files(self.optimizer)
         ref_state = {k: v.detach().cpu().contiguous() for k, v in self.reference.state_dict().items()}
         state = {
@@ -527,18 +642,35 @@ class GRPOTrainer:
             "optimizer": opt_rest,
             "tracker": self.tracker.state_dict() if self.tracker else None,
             "history": self.history,
+            **(extra_state or {}),
         }
-        path = save_checkpoint(
-            self.run_dir / CHECKPOINTS / f"step-{self.step:06d}",
+        return {
+            OPTIMIZER_FILE: opt_blob,
+            REFERENCE_FILE: save_tensors(ref_state),
+            TRAINER_STATE: json.dumps(state).encode(),
+        }
+
+    def save_to(
+        self,
+        uri: str | Path,
+        extra_state: dict[str, Any] | None = None,
+        extra_files: dict[str, bytes] | None = None,
+    ) -> Path:
+        """A whole resumable checkpoint at ``uri`` (a directory, file:// or s3://; ``cfg.storage`` for S3)."""
+        return save_checkpoint(
+            uri,
             self.policy,
             self.cfg,
             extra={"rl_step": self.step, "method": self.rl.method},
-            extra_files={
-                OPTIMIZER_FILE: opt_blob,
-                REFERENCE_FILE: save_tensors(ref_state),
-                TRAINER_STATE: json.dumps(state).encode(),
-            },
+            extra_files={**self.state_files(extra_state), **(extra_files or {})},
+            storage=self.cfg.storage,
         )
+
+    def save(self) -> Path:
+        """Checkpoint the run at its current step (atomic); keeps the ``keep_checkpoints`` newest."""
+        if self.run_dir is None:
+            raise RLError("this trainer has no run directory to save into")
+        path = self.save_to(self.run_dir / CHECKPOINTS / f"step-{self.step:06d}")
         # prune whole checkpoints only; a damaged directory is left for a person to look at
         whole = [d for d in self.checkpoint_dirs(self.run_dir) if (d / "manifest.json").is_file()]
         for old in whole[: -self.rl.keep_checkpoints]:
@@ -581,19 +713,7 @@ class GRPOTrainer:
         ]
         if diffs:
             raise RLError(f"cannot resume {ckpt}: the rl settings changed: " + "; ".join(diffs))
-        policy, _ = load_checkpoint(ckpt, cfg)
-        reference = copy.deepcopy(policy)
-        reference.load_state_dict(load_tensors(read_checkpoint_file(ckpt, REFERENCE_FILE)), strict=True)
-        trainer = cls(
-            cfg, policy, run_dir, reference=reference, prompts=prompts, progress=progress, _resuming=True
-        )
-        optimizer_from_files(
-            trainer.optimizer, read_checkpoint_file(ckpt, OPTIMIZER_FILE), state["optimizer"]
-        )
-        trainer.step = int(state["step"])
-        trainer.history = list(state["history"])
-        if trainer.tracker is not None and state.get("tracker"):
-            trainer.tracker.load_state_dict(state["tracker"])
+        trainer = cls._restore(cfg, ckpt, state, run_dir, prompts=prompts, progress=progress)
         trainer._write_config()
         # steps after the checkpoint were lost with the process; the metrics file restarts from the checkpoint
         with (run_dir / METRICS).open("w") as fh:
@@ -601,14 +721,71 @@ class GRPOTrainer:
                 fh.write(json.dumps(rec) + "\n")
         return trainer
 
+    @classmethod
+    def _restore(
+        cls,
+        cfg: Config,
+        ckpt: str | Path,
+        state: dict[str, Any],
+        run_dir: str | Path | None,
+        *,
+        prompts: Sequence[Metadata] | None = None,
+        progress: bool = True,
+    ) -> GRPOTrainer:
+        policy, _ = load_checkpoint(ckpt, cfg)
+        reference = copy.deepcopy(policy)
+        reference.load_state_dict(
+            load_tensors(read_checkpoint_file(ckpt, REFERENCE_FILE, cfg.storage)), strict=True
+        )
+        trainer = cls(
+            cfg, policy, run_dir, reference=reference, prompts=prompts, progress=progress, _resuming=True
+        )
+        optimizer_from_files(
+            trainer.optimizer, read_checkpoint_file(ckpt, OPTIMIZER_FILE, cfg.storage), state["optimizer"]
+        )
+        trainer.step = int(state["step"])
+        trainer.history = list(state["history"])
+        if trainer.tracker is not None and state.get("tracker"):
+            trainer.tracker.load_state_dict(state["tracker"])
+        return trainer
 
-def init_policy(cfg: Config, init: str | Path) -> Backbone:
+    @classmethod
+    def from_checkpoint(
+        cls,
+        cfg: Config,
+        uri: str | Path,
+        *,
+        prompts: Sequence[Metadata] | None = None,
+        progress: bool = False,
+    ) -> tuple[GRPOTrainer, dict[str, Any]]:
+        """A trainer (no run directory) at the state of checkpoint ``uri``: a run's checkpoint (weights,
+        reference, optimizer, trainer state) or a base checkpoint (step 0, reference = its weights).
+
+        Returns the trainer and the saved trainer state ({} for a base checkpoint).
+        """
+        meta = verify_checkpoint(uri, cfg.storage)
+        names = set(_manifest_files(uri, cfg))
+        if TRAINER_STATE not in names:
+            return cls(cfg, init_policy(cfg, uri, meta), prompts=prompts, progress=progress), {}
+        state = json.loads(read_checkpoint_file(uri, TRAINER_STATE, cfg.storage))
+        return cls._restore(cfg, uri, state, None, prompts=prompts, progress=progress), state
+
+
+def _manifest_files(uri: str | Path, cfg: Config) -> list[str]:
+    from htgrpo.checkpoint import _local
+
+    return list(json.loads((_local(uri, cfg.storage) / "manifest.json").read_text())["files"])
+
+
+def init_policy(cfg: Config, init: str | Path, meta: dict[str, Any] | None = None) -> Backbone:
     """The starting weights: a checkpoint whose backbone section (and world grid) match ``cfg``."""
-    if not Path(str(init).removeprefix("file://")).exists():
+    if str(init).startswith("s3://"):
+        meta = meta or verify_checkpoint(init, cfg.storage)
+    elif not Path(str(init).removeprefix("file://")).exists():
         raise CheckpointError(
             f"initial checkpoint {init} does not exist; pass --init DIR (make pretrain writes checkpoints/base)"
         )
-    meta = verify_checkpoint(init)
+    meta = meta or verify_checkpoint(init)
     policy, saved = load_checkpoint(init, cfg)
     if saved.world.grid != cfg.world.grid or meta["backbone"]["grid"] != cfg.world.grid:
         raise CheckpointError(

@@ -1,7 +1,8 @@
 """A k-means codebook over 8x8 RGB patches: the shapes world's VQ tokenizer, trained by the project.
 
 One patch is one cell of the world, so an object is one code and the background gradient is painted by the
-others. The codebook is fitted with k-means++ seeding (far-apart patches first, so that every rare object type gets
+others. When the images hold no more distinct patches than ``codebook_size``, each distinct patch becomes a code
+(lossless); otherwise the codebook is fitted by k-means. The codebook is fitted with k-means++ seeding (far-apart patches first, so that every rare object type gets
 a code of its own instead of being averaged into a neighbour) and Lloyd iterations, and stored as safetensors.
 """
 
@@ -80,8 +81,10 @@ class PatchKMeansTokenizer(ImageTokenizer):
         # object type is as likely to be seeded as a common background colour.
         uniq, counts = torch.unique((x * 255).round().to(torch.uint8), dim=0, return_counts=True)
         uniq = uniq.float() / 255.0
-        if uniq.shape[0] < codebook_size:
-            raise ValueError(f"only {uniq.shape[0]} distinct patches for a codebook of {codebook_size}")
+        if uniq.shape[0] <= codebook_size:
+            # Fewer distinct patches than codes: every patch gets a code of its own and the tokenizer is lossless
+            # on this world; the codebook is that small (codebook_size is an upper bound).
+            return cls(uniq)
         g = torch.Generator().manual_seed(seed)
         centroids = torch.empty(codebook_size, x.shape[1])
         centroids[0] = uniq[torch.randint(uniq.shape[0], (1,), generator=g)]

@@ -22,7 +22,7 @@ from htgrpo.tokenizers.base import ImageTokenizer
 from htgrpo.world.grammar import TASKS, Metadata, Splits, make_splits
 from htgrpo.world.render import render, sample_scene
 
-WORLD_VERSION = 2  # 2: objects on a light-grey tile
+WORLD_VERSION = 3  # 2: objects on a light-grey tile; 3: background themes
 
 
 def splits_for(world: WorldConfig) -> Splits:
@@ -55,11 +55,16 @@ def draw_prompts(
 
 
 def render_rows(
-    rows: list[Metadata], rng: np.random.Generator, grid: int, forbidden=(), progress: bool = False
+    rows: list[Metadata],
+    rng: np.random.Generator,
+    grid: int,
+    forbidden=(),
+    progress: bool = False,
+    background: str = "themes",
 ) -> np.ndarray:
     return np.stack(
         [
-            render(sample_scene(m, rng, grid, forbidden))
+            render(sample_scene(m, rng, grid, forbidden, background))
             for m in tqdm(rows, desc="rendering", disable=not progress)
         ]
     )
@@ -124,7 +129,9 @@ def build_dataset(
     for start in tqdm(range(0, size, chunk), desc="rendering world", disable=not progress, unit="chunk"):
         rows = [prompts[i] for i in index[start : start + chunk]]
         codes.append(
-            tokenizer.encode(render_rows(rows, rng, world.grid, splits.unseen_pairs)).to(torch.int16)
+            tokenizer.encode(
+                render_rows(rows, rng, world.grid, splits.unseen_pairs, background=world.background)
+            ).to(torch.int16)
         )
     codes_t = torch.cat(codes)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """Scenes of the shapes world: sampled from GenEval metadata, rendered to RGB images.
 
-The canvas is a grid of cells, one object per cell at most. The background is a linear gradient between two
-random light, nearly grey colours in one of four directions, constant within a cell, so that it is the "detail"
+The canvas is a grid of cells, one object per cell at most. The background is a linear gradient, constant
+within a cell, drawn from a few themes (or, optionally, between two random light colours in one of four
+directions), so that it is the "detail"
 that later tokens must paint consistently while objects (one token each, on a light-grey tile) are the layout.
 """
 
@@ -17,7 +18,16 @@ import numpy as np
 from htgrpo.errors import PromptError
 from htgrpo.eval.relations import relations
 from htgrpo.world.grammar import TASKS, Metadata, prompt_space
-from htgrpo.world.palette import CELL_PX, COLOR_NAMES, COLORS, SHAPE_PX, SHAPE_TEMPLATES, SHAPES, TILE_RGB
+from htgrpo.world.palette import (
+    BACKGROUND_THEMES,
+    CELL_PX,
+    COLOR_NAMES,
+    COLORS,
+    SHAPE_PX,
+    SHAPE_TEMPLATES,
+    SHAPES,
+    TILE_RGB,
+)
 
 DIRECTIONS = ("horizontal", "vertical", "diagonal", "antidiagonal")
 
@@ -64,7 +74,14 @@ class Scene:
     meta: Metadata = field(compare=False, hash=False, default_factory=dict)
 
 
-def random_background(rng: np.random.Generator) -> Background:
+def random_background(rng: np.random.Generator, kind: str = "themes") -> Background:
+    """A background: one of BACKGROUND_THEMES ("themes"), or a gradient between two random light colours."""
+    if kind == "themes":
+        start, end, direction = BACKGROUND_THEMES[int(rng.integers(len(BACKGROUND_THEMES)))]
+        return Background(start, end, direction)
+    if kind != "random":
+        raise ValueError(f"unknown background kind {kind!r}; expected 'themes' or 'random'")
+
     def colour() -> tuple[int, int, int]:
         base = rng.integers(200, 246)
         jitter = rng.integers(-12, 13, size=3)
@@ -127,6 +144,7 @@ def sample_scene(
     rng: np.random.Generator,
     grid: int,
     forbidden_pairs: Sequence[tuple[str, str]] = (),
+    background: str = "themes",
 ) -> Scene:
     """A random scene that satisfies the metadata exactly (counting's exclude included).
 
@@ -156,10 +174,10 @@ def sample_scene(
                     if rel in relations(SceneObject(shape, colour, *divmod(cell, grid)).box(), anchor.box())
                 ]
                 if not options:  # the anchor sits on the edge that `rel` needs: move it and retry
-                    return sample_scene(meta, rng, grid, forbidden_pairs)
+                    return sample_scene(meta, rng, grid, forbidden_pairs, background)
                 cell = options[int(rng.integers(len(options)))]
                 free_cells.remove(cell)
             else:
                 cell = free_cells.pop()
             placed.append(SceneObject(shape, colour, *divmod(cell, grid)))
-    return Scene(tuple(placed), random_background(rng), grid, meta)
+    return Scene(tuple(placed), random_background(rng, background), grid, meta)

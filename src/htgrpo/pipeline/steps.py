@@ -1,0 +1,544 @@
+"""What each pipeline component does, as plain functions of strings and numbers (the components' own types).
+
+A pipeline run keeps everything under one *run root* in the store (``storage.uri``/runs/RUN_NAME)::
+
+    config.yaml, prompts.jsonl                  resolved configuration and the prompt set (lineage)
+    round-001/rollout/shard-000.safetensors     tokens, trajectories and images of one shard
+    round-001/scored.safetensors                the round's rollouts with rewards and advantages
+    round-001/global, structure, refinement     a checkpoint after each HT-GRPO stage
+    eval/base.json, eval/trained.json           shapes-benchmark reports; summary.json at the end
+
+Round r is RL step r of ``htgrpo train`` with the same configuration: with one rollout shard the pipeline
+computes exactly what ``GRPOTrainer.train_step`` computes (same seeds, same plans, the same theta_old and
+theta_ref log-probs carried from the global stage to the later ones inside the stage checkpoints). Every step
+is idempotent: when its output already exists whole (a re-run after a killed pod), it returns it unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from htgrpo.config import Config, apply_overrides, config_to_dict, format_errors
+from htgrpo.errors import ConfigError, HtgrpoError
+from htgrpo.storage import checkpoint_is_whole, join_uri, open_store, split_uri
+from htgrpo.tracking import artifact_root_for
+
+STAGES = ("global", "structure", "refinement")
+LOG_PROBS_FILE = "old_ref_logprobs.safetensors"
+
+
+class PipelineError(HtgrpoError):
+    """A pipeline parameter or intermediate result that a step cannot use."""
+
+
+def _threads() -> None:
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("HTGRPO_THREADS", os.cpu_count() or 1)))
+
+
+def _absolute_file_uri(uri: str) -> str:
+    scheme, rest = split_uri(uri)
+    return f"file://{Path(rest).resolve()}" if scheme == "file" else uri
+
+
+def _absolute_sqlite(uri: str) -> str:
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri[len('sqlite:///') :]).resolve()}"
+    return uri
+
+
+def record_time(cfg: Config, run_root: str, name: str, start: float) -> None:
+    """Wall time of one step (``timings/NAME.json`` in the run root), for the per-component split."""
+    seconds = time.time() - start
+    data = json.dumps({"step": name, "start": start, "seconds": round(seconds, 3)}).encode()
+    open_store(join_uri(run_root, "timings"), cfg.storage).put_bytes(f"{name}.json", data)
+
+
+def read_timings(run_root: str, cfg: Config) -> list[dict[str, Any]]:
+    store = open_store(join_uri(run_root, "timings"), cfg.storage)
+    rows = [json.loads(store.get_bytes(k)) for k in store.list() if k.endswith(".json")]
+    return sorted(rows, key=lambda r: r["start"])
+
+
+def load_run_config(config_json: str) -> Config:
+    return Config.model_validate(json.loads(config_json))
+
+
+def round_uri(run_root: str, round_: int, *parts: str) -> str:
+    return join_uri(run_root, f"round-{int(round_):03d}", *parts)
+
+
+def _tracker(cfg: Config, run_root: str):
+    from htgrpo.tracking import Tracker
+
+    scheme, rest = split_uri(run_root)
+    local = Path(rest) if scheme == "file" else Path(cfg.storage.cache_dir) / "tracking"
+    return Tracker(cfg.tracking, local)
+
+
+# --- prepare_data -------------------------------------------------------------------------------------------
+
+
+def resolve_config(
+    config: str,
+    overrides: list[str] | None = None,
+    *,
+    rounds: int,
+    shards: int,
+    storage_uri: str = "",
+    tracking_uri: str = "",
+) -> Config:
+    """The run configuration: a YAML file path (or inline YAML), ``--set``-style overrides, then the pipeline's
+    own parameters; validated by the same pydantic models as ``htgrpo train``."""
+    if "\n" in config or (config.strip().startswith("{") and config.strip().endswith("}")):
+        source, text = "config parameter (inline YAML)", config
+    else:
+        path = Path(config)
+        if not path.is_file():
+            raise ConfigError(f"config: {config!r} is neither a YAML file nor inline YAML")
+        source, text = str(path), path.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    overrides = [str(o) for o in overrides or []]
+    apply_overrides(data, overrides)
+    data.setdefault("rl", {})["steps"] = int(rounds)
+    if storage_uri:
+        data.setdefault("storage", {})["uri"] = storage_uri
+    if tracking_uri:
+        data.setdefault("tracking", {})["tracking_uri"] = tracking_uri
+        data["tracking"]["enabled"] = True
+    if overrides:
+        source += f" (with overrides {' '.join(overrides)})"
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc, source)) from None
+    if cfg.rl.method != "ht-grpo":
+        raise ConfigError(
+            f"{source}: rl.method: the pipeline trains ht-grpo in three stage steps (got {cfg.rl.method!r}); "
+            "run the baselines with htgrpo train"
+        )
+    if rounds < 1:
+        raise ConfigError(f"rounds must be at least 1 (got {rounds})")
+    if not 1 <= shards <= cfg.rl.prompts_per_step:
+        raise ConfigError(
+            f"shards: {shards} rollout shards for rl.prompts_per_step={cfg.rl.prompts_per_step}; "
+            f"use 1 to {cfg.rl.prompts_per_step}"
+        )
+    update: dict[str, Any] = {
+        "storage": cfg.storage.model_copy(
+            update={
+                "uri": _absolute_file_uri(cfg.storage.uri),
+                "cache_dir": str(Path(cfg.storage.cache_dir).resolve()),
+            }
+        ),
+        "tracking": cfg.tracking.model_copy(
+            update={
+                "tracking_uri": _absolute_sqlite(cfg.tracking.tracking_uri),
+                "artifact_root": artifact_root_for(cfg.tracking.tracking_uri, cfg.tracking.artifact_root),
+            }
+        ),
+    }
+    return cfg.model_copy(update=update)
+
+
+def prepare_data(
+    config: str,
+    overrides: list[str],
+    init_checkpoint: str,
+    run_name: str,
+    rounds: int,
+    shards: int,
+    storage_uri: str = "",
+    tracking_uri: str = "",
+    kfp_run_id: str = "",
+) -> dict[str, Any]:
+    """Validate every parameter, check the initial checkpoint, write the prompt set and open the MLflow parent
+    run. Returns config_json, run_root, parent_run_id and the shard ids."""
+    from htgrpo.checkpoint import verify_checkpoint
+    from htgrpo.rl.trainer import load_prompt_pool
+    from htgrpo.tracking import digest_rows
+    from htgrpo.world.grammar import write_jsonl
+
+    start = time.time()
+    cfg = resolve_config(
+        config, overrides, rounds=rounds, shards=shards, storage_uri=storage_uri, tracking_uri=tracking_uri
+    )
+    if not run_name or "/" in run_name:
+        raise ConfigError(f"run_name: {run_name!r} must be a non-empty name without '/'")
+    init = _absolute_file_uri(init_checkpoint) if "://" not in init_checkpoint else init_checkpoint
+    meta = verify_checkpoint(init, cfg.storage)
+    saved = Config.model_validate(meta["config"])
+    if saved.backbone != cfg.backbone or meta["backbone"]["grid"] != cfg.world.grid:
+        raise ConfigError(
+            f"init_checkpoint {init}: its backbone or grid differs from the configuration's "
+            f"(checkpoint {saved.backbone.model_dump()}, grid {meta['backbone']['grid']})"
+        )
+    rows = load_prompt_pool(cfg)
+    run_root = join_uri(cfg.storage.uri, "runs", run_name)
+    store = open_store(run_root, cfg.storage)
+    store.put_bytes("config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False).encode())
+    local = Path(cfg.storage.cache_dir) / f"prompts-{os.getpid()}.jsonl"
+    write_jsonl(rows, local)
+    store.put_file("prompts.jsonl", local)
+    local.unlink(missing_ok=True)
+
+    tracker = _tracker(cfg, run_root)
+    tags = {"kfp.run_id": kfp_run_id, "kfp.run_name": run_name, "run_root": run_root, "init_checkpoint": init}
+    parent = tracker.start_pipeline_run(cfg, run_name, tags=tags) or ""
+    tracker.log_dataset(
+        parent, f"prompts-{cfg.rl.prompts}", join_uri(run_root, "prompts.jsonl"), digest_rows(rows)
+    )
+    tracker.log_params(parent, {"run.rounds": rounds, "run.shards": shards})
+    record_time(cfg, run_root, "prepare_data", start)
+    return {
+        "config_json": json.dumps(config_to_dict(cfg)),
+        "run_root": run_root,
+        "init_checkpoint": init,
+        "parent_run_id": parent,
+        "shard_ids": list(range(shards)),
+    }
+
+
+# --- plan_shards and rollout ----------------------------------------------------------------------------------
+
+
+def plan_shards(config_json: str, run_root: str, checkpoint_uri: str, round_: int, shards: int) -> list[dict]:
+    """The ParallelFor items of a round: one self-contained dict per rollout shard.
+
+    Each item carries everything its rollout needs, so the loop body reads nothing but its item (kfp.local
+    2.17.3 replaces every upstream task output used inside a ParallelFor body with the loop item).
+    """
+    return [
+        {
+            "config_json": config_json,
+            "run_root": run_root,
+            "checkpoint_uri": checkpoint_uri,
+            "round": int(round_),
+            "shard": shard,
+            "shards": int(shards),
+        }
+        for shard in range(int(shards))
+    ]
+
+
+def _trainer_at(cfg: Config, checkpoint_uri: str, round_: int):
+    from htgrpo.rl.trainer import GRPOTrainer
+
+    trainer, state = GRPOTrainer.from_checkpoint(cfg, checkpoint_uri)
+    if trainer.step != round_ - 1:
+        raise PipelineError(
+            f"checkpoint {checkpoint_uri} is at RL step {trainer.step}; round {round_} needs step {round_ - 1}"
+        )
+    return trainer, state
+
+
+def rollout(
+    config_json: str, run_root: str, checkpoint_uri: str, round_: int, shard: int, shards: int
+) -> str:
+    """Roll out shard ``shard`` of round ``round_`` with the policy at ``checkpoint_uri``; returns its URI."""
+    from htgrpo.checkpoint import load_checkpoint
+    from htgrpo.rl.trainer import GRPOTrainer
+
+    _threads()
+    cfg = load_run_config(config_json)
+    uri = round_uri(run_root, round_, "rollout", f"shard-{int(shard):03d}.safetensors")
+    store = open_store(round_uri(run_root, round_, "rollout"), cfg.storage)
+    name = uri.rsplit("/", 1)[1]
+    if store.exists(name):
+        return uri
+    start = time.time()
+    policy, _ = load_checkpoint(checkpoint_uri, cfg)
+    trainer = GRPOTrainer(cfg, policy, reference=policy, progress=False)  # no reference needed to sample
+    trainer.step = int(round_) - 1
+    batch = trainer.rollout(int(shard), int(shards))
+    store.put_bytes(name, batch.to_bytes())
+    record_time(cfg, run_root, f"round-{int(round_):03d}-rollout-{int(shard):03d}", start)
+    return uri
+
+
+# --- score_rewards -----------------------------------------------------------------------------------------
+
+
+def score_rewards(
+    config_json: str,
+    run_root: str,
+    checkpoint_uri: str,
+    round_: int,
+    shard_uris: list[str],
+    parent_run_id: str,
+) -> str:
+    """Score a round's rollout shards (rewards with weights, group advantages); returns the scored batch URI."""
+    from htgrpo.rl.phases import RolloutBatch
+
+    _threads()
+    cfg = load_run_config(config_json)
+    uri = round_uri(run_root, round_, "scored.safetensors")
+    store = open_store(round_uri(run_root, round_), cfg.storage)
+    if store.exists("scored.safetensors"):
+        return uri
+    start, t0 = time.time(), time.perf_counter()
+    parts = []
+    for shard_uri in shard_uris:
+        parent, name = str(shard_uri).rsplit("/", 1)
+        parts.append(RolloutBatch.from_bytes(open_store(parent, cfg.storage).get_bytes(name)))
+    batch = RolloutBatch.concat(parts)
+    if batch.step != round_:
+        raise PipelineError(f"rollout shards of step {batch.step} given to round {round_}")
+    trainer, _ = _trainer_at(cfg, checkpoint_uri, round_)
+    scored = trainer.score(batch)
+    scored.times["rollout"] = sum(p.sample.total_seconds for p in parts)
+    store.put_bytes("scored.safetensors", scored.to_bytes())
+
+    tracker = _tracker(cfg, run_root)
+    run = tracker.start_run(f"round-{round_}-score", parent_run_id or None, tags=_tags(round_, "score"))
+    rec = scored.record
+    tracker.log_metrics(
+        run,
+        {
+            "reward_mean": rec["reward_mean"],
+            "reward_std": rec["reward_std"],
+            "reward_per_task": rec["reward_per_task"],
+            "reward_components": rec["reward_components"],
+            "zero_variance_share": rec["zero_variance_share"],
+            "samples_kept": rec["samples_kept"],
+            "time": {"rollout_s": scored.times["rollout"], "score_s": time.perf_counter() - t0},
+        },
+        step=round_,
+    )
+    if cfg.tracking.log_images:
+        step_ = max(1, len(batch.images) // 32)
+        tracker.log_image(run, _grid(batch.images[::step_][:32]), key="rollout_samples", step=round_)
+    tracker.set_tags(run, {"scored_uri": uri, "shards": len(parts)})
+    tracker.end_run(run)
+    record_time(cfg, run_root, f"round-{int(round_):03d}-score", start)
+    return uri
+
+
+def _tags(round_: int, stage: str) -> dict[str, str]:
+    return {"round": str(round_), "stage": stage, "htgrpo.kind": "round-stage"}
+
+
+def _grid(images, cols: int = 8):
+    """Images [B, H, W, 3] as one uint8 grid (no captions)."""
+    import numpy as np
+
+    b, h, w, c = images.shape
+    rows = -(-b // cols)
+    out = np.full((rows * (h + 2), cols * (w + 2), c), 255, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, k = divmod(i, cols)
+        out[r * (h + 2) + 1 : r * (h + 2) + 1 + h, k * (w + 2) + 1 : k * (w + 2) + 1 + w] = img
+    return np.kron(out, np.ones((3, 3, 1), dtype=np.uint8))
+
+
+# --- train_global / train_structure / train_refinement ------------------------------------------------------
+
+
+def train_stage(
+    config_json: str,
+    run_root: str,
+    stage: str,
+    checkpoint_uri: str,
+    scored_uri: str,
+    round_: int,
+    parent_run_id: str,
+) -> str:
+    """One HT-GRPO stage's inner iterations on a round's scored batch; writes and returns the next checkpoint.
+
+    global (the first stage) computes theta_old and theta_ref log-probs of all K plans and stores them in its
+    checkpoint; structure and refinement reuse them. refinement closes the RL step (history, step counter).
+    A re-run whose output checkpoint is already whole returns it: nothing saved is lost, nothing is redone.
+    """
+    from htgrpo.checkpoint import read_checkpoint_file
+    from htgrpo.rl.phases import ScoredBatch
+
+    if stage not in STAGES:
+        raise PipelineError(f"stage must be one of {', '.join(STAGES)} (got {stage!r})")
+    _threads()
+    cfg = load_run_config(config_json)
+    out = round_uri(run_root, round_, stage)
+    if checkpoint_is_whole(out, cfg.storage):
+        return out
+    start, t0 = time.time(), time.perf_counter()
+    trainer, state = _trainer_at(cfg, checkpoint_uri, round_)
+    parent, name = str(scored_uri).rsplit("/", 1)
+    scored = ScoredBatch.from_bytes(open_store(parent, cfg.storage).get_bytes(name))
+    if scored.rollout.step != round_:
+        raise PipelineError(f"scored batch {scored_uri} is of step {scored.rollout.step}, not round {round_}")
+    if trainer.tracker is not None and scored.tracker_state:
+        trainer.tracker.load_state_dict(scored.tracker_state)
+    first, last = stage == STAGES[0], stage == STAGES[-1]
+    pending = state.get("pending") if not first else None
+    done_before = list(STAGES[: STAGES.index(stage)])
+    if not first and (pending is None or pending.get("step") != round_ or pending.get("done") != done_before):
+        raise PipelineError(
+            f"{stage} needs the {STAGES[STAGES.index(stage) - 1]} checkpoint of round {round_}; "
+            f"{checkpoint_uri} is not one"
+        )
+    times = (
+        dict(pending["times"])
+        if pending
+        else {
+            "rollout": scored.times.get("rollout", 0.0),
+            "reward": scored.times.get("reward", 0.0),
+            "old_ref": 0.0,
+            "update": 0.0,
+        }
+    )
+    stages = dict(pending["stages"]) if pending else {}
+    iterations = list(pending["iterations"]) if pending else []
+    upd = None
+    stage_summary: dict[str, Any] = {}
+    if scored.skip is None:
+        upd = trainer.prepare_update(scored)
+        if first:
+            times["old_ref"] = trainer.old_ref_log_probs(upd)
+        else:
+            upd.log_probs_from_bytes(
+                read_checkpoint_file(checkpoint_uri, LOG_PROBS_FILE, cfg.storage), trainer.device
+            )
+        summary, its, seconds = trainer.update(upd, [stage])
+        stages.update(summary)
+        iterations += its
+        times["update"] += seconds
+        stage_summary = summary.get(stage, {})
+    if last:
+        record = trainer.finish_update(scored, upd, stages, iterations, times)
+        trainer.save_to(out)
+    else:
+        record = None
+        pending = {
+            "step": round_,
+            "done": [*done_before, stage],
+            "times": times,
+            "stages": stages,
+            "iterations": iterations,
+        }
+        files = {LOG_PROBS_FILE: upd.log_probs_to_bytes()} if upd is not None else {}
+        trainer.save_to(out, extra_state={"pending": pending}, extra_files=files)
+
+    tracker = _tracker(cfg, run_root)
+    run = tracker.start_run(f"round-{round_}-{stage}", parent_run_id or None, tags=_tags(round_, stage))
+    metrics: dict[str, Any] = {"stage": stage_summary, "time": {"stage_s": time.perf_counter() - t0}}
+    if record is not None:
+        metrics.update(
+            reward_mean=record.get("reward_mean"),
+            reward_std=record.get("reward_std"),
+            reward_per_task=record.get("reward_per_task"),
+            times=record.get("times"),
+        )
+    tracker.log_metrics(run, metrics, step=round_)
+    for k, it in enumerate(i for i in iterations if i["stage"] == stage):
+        tracker.log_metrics(run, {"iteration": {kk: v for kk, v in it.items() if kk != "stage"}}, step=k)
+    tracker.set_tags(run, {"checkpoint_uri": out, "input_checkpoint_uri": checkpoint_uri})
+    tracker.end_run(run)
+    record_time(cfg, run_root, f"round-{int(round_):03d}-{stage}", start)
+    return out
+
+
+# --- evaluate and register -----------------------------------------------------------------------------------
+
+
+def evaluate(
+    config_json: str, run_root: str, checkpoint_uri: str, name: str, parent_run_id: str
+) -> dict[str, Any]:
+    """The shapes benchmark (``eval`` section) of a checkpoint; writes eval/NAME.json; returns its metrics."""
+    from htgrpo.checkpoint import load_checkpoint
+    from htgrpo.evaluate import evaluate_shapes
+    from htgrpo.world.grammar import TASKS
+
+    _threads()
+    cfg = load_run_config(config_json)
+    store = open_store(join_uri(run_root, "eval"), cfg.storage)
+    if store.exists(f"{name}.json"):
+        report = json.loads(store.get_bytes(f"{name}.json"))
+    else:
+        start = time.time()
+        backbone, _ = load_checkpoint(checkpoint_uri, cfg)
+        report, images, _ = evaluate_shapes(backbone, cfg, progress=False)
+        report["checkpoint"] = checkpoint_uri
+        store.put_bytes(f"{name}.json", json.dumps(report, indent=2).encode())
+        tracker = _tracker(cfg, run_root)
+        run = tracker.start_run(f"evaluate-{name}", parent_run_id or None, tags={"htgrpo.kind": "evaluation"})
+        s = report["summary"]
+        tracker.log_metrics(
+            run,
+            {
+                "overall": s["overall"],
+                **{t: s[t] for t in TASKS if t in s},
+                "reward_mean": report["reward_mean"],
+            },
+            step=0,
+        )
+        step_ = max(1, len(images) // 32)
+        tracker.log_image(run, _grid(images[::step_][:32]), key=f"eval_{name}", step=0)
+        tracker.set_tags(run, {"checkpoint_uri": checkpoint_uri, "split": report["split"]})
+        tracker.end_run(run)
+        record_time(cfg, run_root, f"evaluate-{name}", start)
+    s = report["summary"]
+    return {
+        "overall": s["overall"],
+        **{t: s[t] for t in TASKS if t in s},
+        "reward_mean": report["reward_mean"],
+    }
+
+
+def register(
+    config_json: str,
+    run_root: str,
+    checkpoint_uri: str,
+    base_metrics: dict[str, Any],
+    trained_metrics: dict[str, Any],
+    parent_run_id: str,
+) -> dict[str, Any]:
+    """Register the trained checkpoint (alias candidate; champion when it beats the champion); write
+    summary.json (base vs trained per task); close the parent run."""
+    start = time.time()
+    cfg = load_run_config(config_json)
+    tracker = _tracker(cfg, run_root)
+    registry = tracker.register(checkpoint_uri, parent_run_id or None, trained_metrics)
+    summary = {
+        "run_root": run_root,
+        "checkpoint": checkpoint_uri,
+        "split": cfg.eval.split,
+        "base": base_metrics,
+        "trained": trained_metrics,
+        "registry": registry,
+        "mlflow": {
+            "tracking_uri": cfg.tracking.tracking_uri if cfg.tracking.enabled else None,
+            "experiment": cfg.tracking.experiment,
+            "parent_run_id": parent_run_id or None,
+        },
+    }
+    open_store(run_root, cfg.storage).put_bytes("summary.json", json.dumps(summary, indent=2).encode())
+    tracker.log_metrics(parent_run_id or None, {"base": base_metrics, "trained": trained_metrics}, step=0)
+    tracker.end_run(parent_run_id or None)
+    record_time(cfg, run_root, "register", start)
+    return summary
+
+
+__all__ = [
+    "LOG_PROBS_FILE",
+    "STAGES",
+    "PipelineError",
+    "evaluate",
+    "prepare_data",
+    "register",
+    "resolve_config",
+    "rollout",
+    "score_rewards",
+    "train_stage",
+]

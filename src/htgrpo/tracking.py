@@ -1,0 +1,321 @@
+"""MLflow lineage for training runs and pipeline runs, which never stops training.
+
+Run tree (one MLflow experiment, ``tracking.experiment``)::
+
+    pipeline run  (parent; params = the full config, tags kfp.run_id / kfp.run_name, dataset inputs)
+    ├── round-1-rollout / round-1-score / round-1-global / round-1-structure / round-1-refinement
+    ├── ... one nested run per round and stage (metrics by RL step, sample grids, checkpoint URIs as tags)
+    └── evaluate-base / evaluate-trained (benchmark metrics)
+
+The final checkpoint becomes a version of the registered model ``tracking.registered_model`` (its source is the
+checkpoint URI, or for a local checkpoint a copy in the run's artifacts; tag ``checkpoint_uri``) with alias ``candidate``; the alias ``champion`` moves to it only when its evaluation beats the
+current champion on ``tracking.champion_metric``.
+
+The embedded default is a sqlite file with local artifacts (``sqlite:///mlflow.db``, no server). When MLflow
+cannot be reached, the ``Tracker`` warns once, stops calling it for the rest of the process, and writes every
+later call (metrics, params, tags) as JSON lines into ``tracking.fallback_dir``: training goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import uuid
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from htgrpo.config import Config, TrackingConfig, config_to_dict
+
+PARENT_TAG = "mlflow.parentRunId"
+OFFLINE_PREFIX = "offline-"
+
+
+def artifact_root_for(tracking_uri: str, artifact_root: str | None) -> str | None:
+    """Absolute artifact root of an embedded sqlite store: as given, else ``mlruns/`` beside the database."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return artifact_root
+    if artifact_root:
+        return artifact_root if "://" in artifact_root else str(Path(artifact_root).resolve())
+    return str(Path(tracking_uri[len("sqlite:///") :]).resolve().parent / "mlruns")
+
+
+def flatten(data: Mapping[str, Any], sep: str = ".", prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(flatten(value, sep, name))
+        else:
+            out[name] = value
+    return out
+
+
+def numeric_metrics(data: Mapping[str, Any], sep: str = "/") -> dict[str, float]:
+    """The finite numbers of a (nested) record, keys joined by ``/`` (bools and None left out)."""
+    out = {}
+    for key, value in flatten(data, sep).items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+class Tracker:
+    """Failure-tolerant MLflow client; see the module docstring. All ids are MLflow run ids (or offline ids)."""
+
+    def __init__(self, cfg: TrackingConfig, local_dir: str | Path = ".") -> None:
+        self.cfg = cfg
+        self.enabled = cfg.enabled
+        self.fallback = Path(local_dir) / cfg.fallback_dir
+        self.offline = False
+        self._client = None
+        self._experiment_id: str | None = None
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(cfg.http_retries))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(math.ceil(cfg.http_timeout_s))))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+    # --- plumbing -------------------------------------------------------------------------------------------
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(
+                tracking_uri=self.cfg.tracking_uri, registry_uri=self.cfg.tracking_uri
+            )
+        return self._client
+
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            exp = self.client.get_experiment_by_name(self.cfg.experiment)
+            if exp is None:
+                location = artifact_root_for(self.cfg.tracking_uri, self.cfg.artifact_root)
+                if location and "://" not in location:
+                    location = Path(location).as_uri()
+                self._experiment_id = self.client.create_experiment(
+                    self.cfg.experiment, artifact_location=location
+                )
+            else:
+                self._experiment_id = exp.experiment_id
+        return self._experiment_id
+
+    def _record(self, kind: str, run_id: str | None, data: Any) -> None:
+        self.fallback.mkdir(parents=True, exist_ok=True)
+        line = {"time": time.time(), "kind": kind, "run_id": run_id, "data": data}
+        with (self.fallback / "tracking.jsonl").open("a") as fh:
+            fh.write(json.dumps(line, default=str) + "\n")
+
+    def _call(self, kind: str, run_id: str | None, data: Any, fn) -> Any:
+        """Run ``fn`` against MLflow; on failure warn once, go offline and keep ``data`` locally."""
+        if not self.enabled:
+            return None
+        if self.offline or (run_id is not None and run_id.startswith(OFFLINE_PREFIX)):
+            self._record(kind, run_id, data)
+            return None
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - tracking must never stop training
+            self.offline = True
+            warnings.warn(
+                f"MLflow at {self.cfg.tracking_uri} failed ({kind}: {type(exc).__name__}: {str(exc)[:300]}); "
+                f"training goes on and tracking data is written to {self.fallback / 'tracking.jsonl'}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self._record(kind, run_id, data)
+            return None
+
+    # --- runs -----------------------------------------------------------------------------------------------
+    def start_run(
+        self, name: str, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None
+    ) -> str | None:
+        """Create a run (nested under ``parent_run_id`` when given); returns its id (an offline id if MLflow
+        is unreachable, None when tracking is off)."""
+        if not self.enabled:
+            return None
+        all_tags = {**(tags or {})}
+        if parent_run_id and not parent_run_id.startswith(OFFLINE_PREFIX):
+            all_tags[PARENT_TAG] = parent_run_id
+
+        def create():
+            run = self.client.create_run(self.experiment_id(), run_name=name, tags=all_tags)
+            return run.info.run_id
+
+        run_id = self._call("start_run", None, {"name": name, "tags": all_tags}, create)
+        return run_id or f"{OFFLINE_PREFIX}{uuid.uuid4().hex[:12]}"
+
+    def end_run(self, run_id: str | None, status: str = "FINISHED") -> None:
+        if run_id:
+            self._call("end_run", run_id, status, lambda: self.client.set_terminated(run_id, status=status))
+
+    def start_pipeline_run(self, cfg: Config, name: str, tags: Mapping[str, str] | None = None) -> str | None:
+        """The parent run of a pipeline run: every config key as a param."""
+        run_id = self.start_run(name, tags={"htgrpo.kind": "pipeline", **(tags or {})})
+        self.log_params(run_id, config_to_dict(cfg))
+        return run_id
+
+    # --- data -----------------------------------------------------------------------------------------------
+    def log_params(self, run_id: str | None, params: Mapping[str, Any]) -> None:
+        if not run_id:
+            return
+        from mlflow.entities import Param
+
+        flat = {
+            k: json.dumps(v) if isinstance(v, list | tuple | dict) else str(v)
+            for k, v in flatten(params).items()
+        }
+        items = [Param(k[:250], v[:6000]) for k, v in sorted(flat.items())]
+
+        def log():
+            for lo in range(0, len(items), 100):
+                self.client.log_batch(run_id, params=items[lo : lo + 100], synchronous=True)
+
+        self._call("params", run_id, flat, log)
+
+    def log_metrics(self, run_id: str | None, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Every finite number of a (nested) record, keys joined with ``/``, at ``step``."""
+        if not run_id:
+            return
+        from mlflow.entities import Metric
+
+        values = numeric_metrics(metrics)
+        now = int(time.time() * 1000)
+        items = [Metric(k, v, now, step or 0) for k, v in sorted(values.items())]
+
+        def log():
+            for lo in range(0, len(items), 1000):
+                self.client.log_batch(run_id, metrics=items[lo : lo + 1000], synchronous=True)
+
+        self._call("metrics", run_id, {"step": step, "metrics": values}, log)
+
+    def set_tags(self, run_id: str | None, tags: Mapping[str, Any]) -> None:
+        if not run_id:
+            return
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        self._call("tags", run_id, dict(tags), lambda: self.client.log_batch(run_id, tags=items))
+
+    def log_image(self, run_id: str | None, image, key: str, step: int = 0) -> None:
+        """A sample grid (HxWx3 uint8 array or PIL image), shown per step in the MLflow UI."""
+        if not run_id or not self.cfg.log_images:
+            return
+        self._call(
+            "image",
+            run_id,
+            {"key": key, "step": step},
+            lambda: self.client.log_image(run_id, image, key=key, step=step, synchronous=True),
+        )
+
+    def log_dataset(
+        self, run_id: str | None, name: str, source: str, digest: str, context: str = "training"
+    ) -> None:
+        """Dataset lineage without loading the data: name, source URI and content digest."""
+        if not run_id:
+            return
+
+        def log():
+            from mlflow.data.meta_dataset import MetaDataset
+            from mlflow.entities import DatasetInput, InputTag
+
+            src = _dataset_source(source)
+            ds = MetaDataset(source=src, name=name, digest=digest[:36])
+            tag = InputTag(key="mlflow.data.context", value=context)
+            self.client.log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags=[tag])])
+
+        self._call("dataset", run_id, {"name": name, "source": source, "digest": digest}, log)
+
+    # --- registry -------------------------------------------------------------------------------------------
+    def register(
+        self, checkpoint_uri: str, run_id: str | None, metrics: Mapping[str, float]
+    ) -> dict[str, Any]:
+        """Register ``checkpoint_uri`` as a new model version with alias ``candidate``; move ``champion`` to it
+        when it beats the current champion on ``tracking.champion_metric`` (or there is none)."""
+        name, key = self.cfg.registered_model, self.cfg.champion_metric
+        value = metrics.get(key)
+        result: dict[str, Any] = {
+            "name": name,
+            "version": None,
+            "promoted": False,
+            "metric": key,
+            "value": value,
+        }
+        if value is None:
+            warnings.warn(
+                f"evaluation has no metric {key!r}; the model is not promoted", RuntimeWarning, stacklevel=2
+            )
+
+        def reg():
+            from mlflow.exceptions import MlflowException
+
+            client = self.client
+            try:
+                client.get_registered_model(name)
+            except MlflowException:
+                client.create_registered_model(
+                    name, description="HT-GRPO checkpoints (source = checkpoint URI)"
+                )
+            tags = {"checkpoint_uri": checkpoint_uri, **{f"metric.{k}": str(v) for k, v in metrics.items()}}
+            valid_run = run_id if run_id and not run_id.startswith(OFFLINE_PREFIX) else None
+            source = checkpoint_uri
+            if "://" not in checkpoint_uri or checkpoint_uri.startswith("file://"):
+                # a local checkpoint is not reachable by whoever reads the registry: copy it into the run's
+                # artifacts (MLflow accepts local sources only inside the run's artifact directory)
+                if valid_run is None:
+                    raise RuntimeError("a local checkpoint can only be registered with a run to hold it")
+                local = Path(checkpoint_uri.removeprefix("file://"))
+                client.log_artifacts(valid_run, str(local), artifact_path="checkpoint")
+                source = client.get_run(valid_run).info.artifact_uri.rstrip("/") + "/checkpoint"
+            mv = client.create_model_version(name, source=source, run_id=valid_run, tags=tags)
+            client.set_registered_model_alias(name, "candidate", mv.version)
+            result["version"] = int(mv.version)
+            try:
+                champ = client.get_model_version_by_alias(name, "champion")
+                best = float(champ.tags.get(f"metric.{key}", "-inf"))
+                result["previous_champion"] = {"version": int(champ.version), "value": best}
+            except MlflowException:
+                best = -math.inf
+            if value is not None and float(value) > best:
+                client.set_registered_model_alias(name, "champion", mv.version)
+                result["promoted"] = True
+            return result
+
+        out = self._call(
+            "register", run_id, {"checkpoint_uri": checkpoint_uri, "metrics": dict(metrics)}, reg
+        )
+        return out or result
+
+
+def _dataset_source(source: str):
+    """The MLflow dataset source of a URI (s3://, http(s)://, file:// or a local path)."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+    if "://" not in source:
+        source = Path(source).resolve().as_uri()
+    elif source.startswith("file://") and not source.startswith("file:///"):
+        source = Path(source.removeprefix("file://")).resolve().as_uri()
+    with warnings.catch_warnings():
+        warnings.simplefilter(
+            "ignore", UserWarning
+        )  # "can be interpreted in multiple ways": all the same class
+        return resolve_dataset_source(source)
+
+
+def digest_rows(rows: Iterable[Any]) -> str:
+    """Content digest of a prompt set (JSON rows, in order)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(json.dumps(row, sort_keys=True).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+__all__ = ["Tracker", "digest_rows", "flatten", "numeric_metrics"]

@@ -1,0 +1,152 @@
+"""The pipeline's step functions (what each component runs), called as bare functions in this process.
+
+With one rollout shard, rounds of rollout -> score -> global -> structure -> refinement give exactly the weights
+and the history of ``htgrpo train`` (GRPOTrainer.train) with the same configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from htgrpo.checkpoint import save_checkpoint
+from htgrpo.config import config_to_dict
+from htgrpo.errors import ConfigError
+from htgrpo.pipeline import steps
+from htgrpo.rl import rewards as rw
+from htgrpo.rl.rewards import register_reward
+from htgrpo.rl.trainer import GRPOTrainer
+from htgrpo.storage import checkpoint_is_whole
+from rl_tiny import tiny_backbone, tiny_config
+
+
+@pytest.fixture
+def varied_reward(monkeypatch):
+    monkeypatch.setattr(rw, "_REGISTRY", dict(rw._REGISTRY))
+    register_reward("mean_pixel", lambda images, p, m: images.reshape(len(images), -1).mean(1) / 255.0)
+    return {"mean_pixel": 1.0}
+
+
+def base_and_config(tmp_path, rewards, **rl):
+    cfg = tiny_config(rewards=rewards, **rl)
+    base = save_checkpoint(tmp_path / "base", tiny_backbone(), cfg)
+    text = yaml.safe_dump(config_to_dict(cfg))
+    return cfg, base, text
+
+
+def run_rounds(text, base, tmp_path, rounds, shards):
+    prep = steps.prepare_data(
+        text, [], str(base), "run-1", rounds, shards, storage_uri=f"file://{tmp_path}/store"
+    )
+    cj, root = prep["config_json"], prep["run_root"]
+    ckpt = prep["init_checkpoint"]
+    for r in range(1, rounds + 1):
+        shard_uris = [steps.rollout(cj, root, ckpt, r, s, shards) for s in prep["shard_ids"]]
+        scored = steps.score_rewards(cj, root, ckpt, r, shard_uris, "")
+        for stage in steps.STAGES:
+            ckpt = steps.train_stage(cj, root, stage, ckpt, scored, r, "")
+    return prep, ckpt
+
+
+def test_steps_reproduce_htgrpo_train_exactly(tmp_path, varied_reward):
+    cfg, base, text = base_and_config(tmp_path, varied_reward, steps=2)
+    prep, final = run_rounds(text, base, tmp_path, rounds=2, shards=1)
+    assert final == f"file://{tmp_path}/store/runs/run-1/round-002/refinement"
+    piped, state = GRPOTrainer.from_checkpoint(steps.load_run_config(prep["config_json"]), final)
+
+    ref = GRPOTrainer(cfg, tiny_backbone(), progress=False)
+    ref.train()
+    for k, v in ref.policy.state_dict().items():
+        assert torch.equal(v, piped.policy.state_dict()[k]), k
+    strip = lambda hs: [{k: v for k, v in h.items() if k != "times"} for h in hs]  # noqa: E731
+    assert strip(state["history"]) == strip(ref.history)
+    assert piped.step == 2 and "pending" not in state
+
+
+def test_sharded_rounds_and_resume_of_a_killed_stage(tmp_path, varied_reward, monkeypatch):
+    cfg, base, text = base_and_config(tmp_path, varied_reward, steps=1)
+    prep = steps.prepare_data(text, [], str(base), "run-2", 1, 2, storage_uri=f"file://{tmp_path}/store")
+    cj, root = prep["config_json"], prep["run_root"]
+    shard_uris = [steps.rollout(cj, root, prep["init_checkpoint"], 1, s, 2) for s in (0, 1)]
+    scored = steps.score_rewards(cj, root, prep["init_checkpoint"], 1, shard_uris[::-1], "")  # any order
+    g = steps.train_stage(cj, root, "global", prep["init_checkpoint"], scored, 1, "")
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # the pod dies in the middle of the structure stage
+
+    real_update = GRPOTrainer.update
+    monkeypatch.setattr(GRPOTrainer, "update", killed)
+    with pytest.raises(KeyboardInterrupt):
+        steps.train_stage(cj, root, "structure", g, scored, 1, "")
+    assert not checkpoint_is_whole(steps.round_uri(root, 1, "structure"))
+    # a finished stage is not redone: its whole checkpoint comes back as it is
+    assert steps.train_stage(cj, root, "global", prep["init_checkpoint"], scored, 1, "") == g
+    monkeypatch.setattr(GRPOTrainer, "update", real_update)
+    s = steps.train_stage(cj, root, "structure", g, scored, 1, "")
+    r = steps.train_stage(cj, root, "refinement", s, scored, 1, "")
+    trainer, state = GRPOTrainer.from_checkpoint(steps.load_run_config(cj), r)
+    rec = state["history"][0]
+    assert list(rec["stages"]) == ["global", "structure", "refinement"] and trainer.step == 1
+    assert rec["images_sampled"] == cfg.rl.prompts_per_step * cfg.rl.group_size
+    shutil.rmtree(tmp_path / "store/runs/run-2/round-001/refinement")
+    with pytest.raises(steps.PipelineError, match="needs the structure checkpoint"):
+        steps.train_stage(cj, root, "refinement", g, scored, 1, "")  # the global checkpoint: a stage skipped
+
+
+@pytest.mark.parametrize(
+    ("overrides", "kw", "message"),
+    [
+        (["rl.lr=-1"], {}, "rl.lr: Input should be greater than 0"),
+        (["rl.method=d1"], {}, "the pipeline trains ht-grpo"),
+        (["sampler.stepz=3"], {}, "sampler.stepz: unknown key"),
+        ([], {"shards": 9}, "9 rollout shards for rl.prompts_per_step=2"),
+        ([], {"run_name": "a/b"}, "run_name"),
+    ],
+)
+def test_prepare_data_rejects_bad_parameters(tmp_path, overrides, kw, message):
+    cfg, base, text = base_and_config(tmp_path, {"geneval_partial": 1.0})
+    args = {"run_name": "r", "rounds": 1, "shards": 1, **kw}
+    with pytest.raises(ConfigError, match=message):
+        steps.prepare_data(text, overrides, str(base), storage_uri=f"file://{tmp_path}/s", **args)
+
+
+def test_prepare_data_rejects_a_checkpoint_of_another_backbone(tmp_path):
+    cfg, base, text = base_and_config(tmp_path, {"geneval_partial": 1.0})
+    with pytest.raises(ConfigError, match="backbone or grid differs"):
+        steps.prepare_data(
+            text, ["backbone.d_model=64"], str(base), "r", 1, 1, storage_uri=f"file://{tmp_path}/s"
+        )
+    with pytest.raises(Exception, match="does not exist"):
+        steps.prepare_data(text, [], str(tmp_path / "nope"), "r", 1, 1, storage_uri=f"file://{tmp_path}/s")
+
+
+def test_evaluate_and_register_with_embedded_mlflow(tmp_path):
+    cfg, base, text = base_and_config(tmp_path, {"geneval_partial": 1.0})
+    text = yaml.safe_dump({**yaml.safe_load(text), "eval": {"images_per_prompt": 1, "split": "test"}})
+    prep = steps.prepare_data(
+        text,
+        ["tracking.registered_model=tiny-test"],
+        str(base),
+        "run-3",
+        1,
+        1,
+        storage_uri=f"file://{tmp_path}/store",
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+    )
+    cj, root, parent = prep["config_json"], prep["run_root"], prep["parent_run_id"]
+    assert parent
+    m = steps.evaluate(cj, root, prep["init_checkpoint"], "base", parent)
+    assert 0.0 <= m["overall"] <= 1.0
+    summary = steps.register(cj, root, prep["init_checkpoint"], m, m, parent)
+    assert summary["registry"]["version"] == 1 and summary["registry"]["promoted"]
+    assert json.loads((tmp_path / "store/runs/run-3/summary.json").read_text())["base"] == m
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_run(parent).info.experiment_id])
+    names = {r.info.run_name for r in runs}
+    assert {"run-3", "evaluate-base"} <= names

@@ -1,0 +1,186 @@
+"""MLflow lineage: run tree, params, metrics by step, images, datasets, tags, registry aliases, and fallback.
+
+sqlite stores in tmp_path for most tests; one test runs a real ``mlflow server`` (job execution off) on a free
+127.0.0.1 port, reads the run tree back through MlflowClient, then stops the server and checks that logging goes
+on locally with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from htgrpo.config import TrackingConfig
+from htgrpo.tracking import PARENT_TAG, Tracker, digest_rows, numeric_metrics
+from rl_tiny import tiny_config
+from servers import MlflowServer
+
+
+@pytest.fixture(autouse=True)
+def clean_mlflow_env(monkeypatch):
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def tracking(uri: str, tmp_path, **kw) -> TrackingConfig:
+    return TrackingConfig(
+        enabled=True,
+        tracking_uri=uri,
+        artifact_root=str(tmp_path / "artifacts"),
+        registered_model="tiny",
+        **kw,
+    )
+
+
+def log_a_pipeline(tracker: Tracker, tmp_path) -> dict[str, str]:
+    cfg = tiny_config()
+    parent = tracker.start_pipeline_run(cfg, "pipeline-1", tags={"kfp.run_id": "abc"})
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "a photo of a cat", "tag": "single_object"}\n')
+    tracker.log_dataset(parent, "prompts-train", f"file://{prompts}", digest_rows([{"p": 1}]))
+    child = tracker.start_run("round-1-global", parent, tags={"stage": "global", "round": "1"})
+    for step in (1, 2):
+        tracker.log_metrics(
+            child, {"reward_mean": 0.1 * step, "stages": {"global": {"kl": 0.01}}, "x": None}, step
+        )
+    tracker.log_image(child, np.zeros((8, 8, 3), dtype=np.uint8), key="samples", step=1)
+    tracker.set_tags(child, {"checkpoint_uri": "s3://b/run/round-1/global"})
+    tracker.end_run(child)
+    tracker.end_run(parent)
+    return {"parent": parent, "child": child}
+
+
+def check_tree(client, ids, cfg_keys: int) -> None:
+    parent = client.get_run(ids["parent"])
+    assert parent.data.params["rl.method"] == "ht-grpo"
+    assert len(parent.data.params) == cfg_keys
+    assert parent.data.tags["kfp.run_id"] == "abc"
+    assert parent.inputs.dataset_inputs[0].dataset.name == "prompts-train"
+    child = client.get_run(ids["child"])
+    assert child.data.tags[PARENT_TAG] == ids["parent"]
+    assert child.data.tags["checkpoint_uri"] == "s3://b/run/round-1/global"
+    hist = client.get_metric_history(ids["child"], "reward_mean")
+    assert [(m.step, round(m.value, 3)) for m in hist] == [(1, 0.1), (2, 0.2)]
+    assert client.get_metric_history(ids["child"], "stages/global/kl")[0].value == 0.01
+    arts = [a.path for a in client.list_artifacts(ids["child"], "images")]
+    assert any(a.startswith("images/samples") for a in arts)
+
+
+def test_numeric_metrics_flattens_and_drops_non_numbers():
+    assert numeric_metrics({"a": 1, "b": {"c": 2.5, "d": None, "e": True}, "f": float("nan"), "g": "x"}) == {
+        "a": 1.0,
+        "b/c": 2.5,
+    }
+
+
+def test_sqlite_run_tree_and_registry(tmp_path):
+    from mlflow import MlflowClient
+
+    from htgrpo.config import config_to_dict
+    from htgrpo.tracking import flatten
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(tracking(uri, tmp_path), tmp_path)
+    ids = log_a_pipeline(tracker, tmp_path)
+    client = MlflowClient(uri)
+    check_tree(client, ids, len(flatten(config_to_dict(tiny_config()))))
+
+    first = tracker.register("s3://b/run1/final", ids["parent"], {"overall": 0.4})
+    assert first["version"] == 1 and first["promoted"]
+    worse = tracker.register("s3://b/run2/final", ids["parent"], {"overall": 0.3})
+    assert worse["version"] == 2 and not worse["promoted"]
+    better = tracker.register("s3://b/run3/final", ids["parent"], {"overall": 0.5})
+    assert better["promoted"] and better["previous_champion"] == {"version": 1, "value": 0.4}
+    assert str(client.get_model_version_by_alias("tiny", "candidate").version) == "3"
+    champ = client.get_model_version_by_alias("tiny", "champion")
+    assert str(champ.version) == "3" and champ.source == "s3://b/run3/final"
+    assert not (tmp_path / "mlflow-offline").exists()
+
+
+def test_disabled_tracker_does_nothing(tmp_path):
+    tracker = Tracker(TrackingConfig(enabled=False), tmp_path)
+    assert tracker.start_run("x") is None
+    tracker.log_metrics(None, {"a": 1}, 1)
+    assert tracker.register("file://x", None, {"overall": 1.0})["version"] is None
+    assert not list(tmp_path.iterdir())
+
+
+def test_unreachable_tracking_goes_on_locally(tmp_path):
+    uri = "http://127.0.0.1:9"  # nothing listens on the discard port
+    tracker = Tracker(tracking(uri, tmp_path, http_retries=0, http_timeout_s=2), tmp_path)
+    start = time.monotonic()
+    with pytest.warns(RuntimeWarning, match="training goes on"):
+        run = tracker.start_run("pipeline")
+    assert run.startswith("offline-")
+    tracker.log_metrics(run, {"reward_mean": 0.5}, step=3)
+    assert time.monotonic() - start < 60
+    lines = [json.loads(x) for x in (tmp_path / "mlflow-offline/tracking.jsonl").read_text().splitlines()]
+    assert lines[-1]["kind"] == "metrics" and lines[-1]["data"] == {
+        "step": 3,
+        "metrics": {"reward_mean": 0.5},
+    }
+
+
+@pytest.mark.slow
+def test_real_mlflow_server_run_tree_then_server_stopped(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from htgrpo.config import config_to_dict
+    from htgrpo.tracking import flatten
+
+    server = MlflowServer(tmp_path / "server").start()
+    try:
+        tracker = Tracker(tracking(server.url, tmp_path, http_retries=0, http_timeout_s=3), tmp_path)
+        ids = log_a_pipeline(tracker, tmp_path)
+        check_tree(MlflowClient(server.url), ids, len(flatten(config_to_dict(tiny_config()))))
+        ckpt = tmp_path / "ckpt"
+        ckpt.mkdir()
+        (ckpt / "manifest.json").write_text("{}")
+        reg = tracker.register(f"file://{ckpt}", ids["parent"], {"overall": 0.2})
+        assert reg["promoted"] and reg["version"] == 1
+        mv = MlflowClient(server.url).get_model_version_by_alias("tiny", "champion")
+        assert mv.source.endswith("/artifacts/checkpoint") and mv.tags["checkpoint_uri"] == f"file://{ckpt}"
+        run = tracker.start_run("round-2-global", ids["parent"])
+        server.stop()
+        with pytest.warns(RuntimeWarning, match="training goes on"):
+            tracker.log_metrics(run, {"reward_mean": 0.7}, step=5)
+        tracker.log_metrics(run, {"reward_mean": 0.8}, step=6)  # offline now: no second wait, no warning
+        lines = (tmp_path / "mlflow-offline/tracking.jsonl").read_text().splitlines()
+        assert [json.loads(x)["data"]["step"] for x in lines] == [5, 6]
+    finally:
+        server.stop()
+
+
+def test_htgrpo_train_logs_each_step_to_mlflow(tmp_path, monkeypatch, capsys):
+    import yaml
+    from mlflow import MlflowClient
+
+    from htgrpo.checkpoint import save_checkpoint
+    from htgrpo.cli import main
+    from htgrpo.config import config_to_dict
+    from rl_tiny import tiny_backbone
+
+    monkeypatch.setenv("HTGRPO_THREADS", "1")
+    cfg = tiny_config(steps=2)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config_to_dict(cfg)))
+    base = save_checkpoint(tmp_path / "base", tiny_backbone(), cfg)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    argv = [
+        "train",
+        "--config",
+        str(tmp_path / "cfg.yaml"),
+        "--init",
+        str(base),
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    argv += ["--set", "tracking.enabled=true", "--set", f"tracking.tracking_uri={uri}"]
+    assert main(argv) == 0, capsys.readouterr().err
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("htgrpo").experiment_id])
+    assert run.data.tags["htgrpo.kind"] == "train" and run.data.params["rl.steps"] == "2"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "zero_variance_share")] == [1, 2]
+    assert run.data.tags["checkpoint_uri"].endswith("checkpoints/step-000002")
