@@ -57,7 +57,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     _threads()
     cfg = load_config(args.config, args.overrides)
-    result = pretrain(cfg, args.out, snapshot_dir=args.snapshots)
+    result = pretrain(cfg, args.out, snapshot_dir=args.snapshots, init=args.init)
     print(
         json.dumps(
             {
@@ -256,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--snapshots", default=None, help="directory for timed snapshots (score-versus-time curve)"
     )
+    p.add_argument("--init", default=None, help="continue from this checkpoint (its tokenizer and weights)")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("evaluate", help="score a checkpoint on a benchmark")

@@ -95,14 +95,26 @@ def pretrain(
     dataset: WorldDataset | None = None,
     progress: bool = True,
     snapshot_dir: str | Path | None = None,
+    init: str | Path | None = None,
 ) -> PretrainResult:
+    """Pretrain from scratch, or continue from the checkpoint `init` (its tokenizer and weights; a fresh
+    warm-up and cosine schedule over `pretrain.steps`)."""
     pc = cfg.pretrain
     torch.manual_seed(pc.seed)
+    start_weights = None
+    if init is not None:
+        from htgrpo.checkpoint import load_checkpoint
+
+        loaded, _ = load_checkpoint(init, cfg)
+        tokenizer = loaded.image_tokenizer
+        start_weights = loaded.state_dict()
     if tokenizer is None:
         tokenizer = train_tokenizer(cfg, progress)
     if dataset is None:
         dataset = build_dataset(cfg.world, tokenizer, seed=pc.seed, progress=progress)
     backbone = TinyBackbone(cfg.backbone, tokenizer, cfg.world.grid)
+    if start_weights is not None:
+        backbone.load_state_dict(start_weights, strict=True)
     backbone.train()
     ema = copy.deepcopy(backbone).eval() if pc.ema_decay > 0 else None
     table = PromptTable(backbone, dataset.prompts)
