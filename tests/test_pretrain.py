@@ -233,3 +233,15 @@ def test_tiny_pretrain_run_writes_a_loadable_checkpoint(tmp_path):
     assert torch.isfinite(logits).all()
     # nothing but the checkpoint and the cache was written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "cache"]
+
+    # continuing from that checkpoint keeps its tokenizer and starts from its weights
+    first = {k: v.clone() for k, v in backbone.state_dict().items()}
+    more = cfg.model_copy(update={"pretrain": cfg.pretrain.model_copy(update={"steps": 1, "ema_decay": 0.0})})
+    cont = pretrain(more, tmp_path / "cont", progress=False, init=out)
+    again, _ = load_checkpoint(cont.checkpoint, more)
+    assert torch.equal(again.image_tokenizer.codebook, backbone.image_tokenizer.codebook)
+    moved = [k for k in first if not torch.equal(first[k], again.state_dict()[k])]
+    assert moved, "one optimizer step should change the weights"
+    # a single small step from the loaded weights: close to them, unlike a fresh initialisation
+    delta = max((first[k] - again.state_dict()[k]).abs().max().item() for k in first)
+    assert delta < 0.05
