@@ -25,7 +25,7 @@ help:
 	@echo "make test      - ruff (format + lint) and the test suite"
 	@echo "make pipeline  - recompile pipelines/htgrpo.yaml (ROUNDS=$(ROUNDS)) from pipelines/htgrpo.py"
 	@echo "make mlflow-ui - the MLflow UI of the demo's runs on http://127.0.0.1:$(MLFLOW_PORT)"
-	@echo "make pretrain  - regenerate the base checkpoint from its seed (about 60 minutes on 2 cores)"
+	@echo "make pretrain  - regenerate the base checkpoint from its seeds (about 80 minutes on 2 cores)"
 	@echo "make curve     - score pretraining snapshots: benchmarks/results/pretrain_curve.*"
 	@echo "make bench-sampler - sampler throughput: benchmarks/results/sampler.*"
 	@echo "make bench-methods - HT-GRPO vs its baselines: benchmarks/results/compare_methods.*"
@@ -67,7 +67,9 @@ test: lint
 	$(VENV)/bin/pytest -q
 
 pretrain: $(STAMP)
-	HTGRPO_THREADS=2 $(HTGRPO) pretrain --config configs/tiny.yaml --out $(CHECKPOINT) --snapshots .cache/snapshots
+	HTGRPO_THREADS=2 $(HTGRPO) pretrain --config configs/tiny.yaml --out .cache/base-stage1 --snapshots .cache/snapshots
+	HTGRPO_THREADS=2 $(HTGRPO) pretrain --config configs/tiny.yaml --init .cache/base-stage1 --out $(CHECKPOINT) \
+		--set pretrain.steps=900 --set pretrain.time_budget_min=19 --set pretrain.warmup_steps=20 --set pretrain.lr=0.001
 
 curve: $(STAMP)
 	$(PY) benchmarks/pretrain_curve.py --snapshots .cache/snapshots --out benchmarks/results/pretrain_curve
