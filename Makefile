@@ -30,11 +30,11 @@ help:
 	@echo "make bench-sampler - sampler throughput: benchmarks/results/sampler.*"
 	@echo "make bench-methods - HT-GRPO vs its baselines: benchmarks/results/compare_methods.*"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[mlops,dev]'
+	$(PY) -m pip install --quiet -e '.[mlops,dev,hf]'
 	touch $(STAMP)
 
 install: $(STAMP)
