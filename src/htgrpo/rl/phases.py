@@ -36,6 +36,18 @@ def _unpack(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, meta
 
 
+_SAMPLE_SCALARS = ("forward_passes", "model_seconds", "total_seconds")
+
+
+def _sample_meta(sample: SampleResult) -> dict:
+    """The scalar fields of a SampleResult, stored beside its tensors."""
+    return {k: getattr(sample, k) for k in _SAMPLE_SCALARS}
+
+
+def _sample_from(tensors: dict, meta: dict) -> SampleResult:
+    return SampleResult(**{k: tensors[k] for k in _TRAJ}, **{k: meta[k] for k in _SAMPLE_SCALARS})
+
+
 @dataclass
 class RolloutBatch:
     """One shard of a step's rollout: rows are (prompt, sample) in group order."""
@@ -61,9 +73,7 @@ class RolloutBatch:
             "shard": self.shard,
             "shards": self.shards,
             "metas": self.metas,
-            "forward_passes": s.forward_passes,
-            "model_seconds": s.model_seconds,
-            "total_seconds": s.total_seconds,
+            **_sample_meta(s),
         }
         return _pack(tensors, meta)
 
@@ -72,12 +82,7 @@ class RolloutBatch:
         t, meta = _unpack(data)
         if meta.get("kind") != "rollout":
             raise ValueError("not a rollout batch")
-        sample = SampleResult(
-            **{k: t[k] for k in _TRAJ},
-            forward_passes=meta["forward_passes"],
-            model_seconds=meta["model_seconds"],
-            total_seconds=meta["total_seconds"],
-        )
+        sample = _sample_from(t, meta)
         return cls(meta["step"], meta["shard"], meta["shards"], meta["metas"], sample, t["images"].numpy())
 
     @classmethod
@@ -138,9 +143,7 @@ class ScoredBatch:
             "kind": "scored",
             "step": r.step,
             "metas": r.metas,
-            "forward_passes": r.sample.forward_passes,
-            "model_seconds": r.sample.model_seconds,
-            "total_seconds": r.sample.total_seconds,
+            **_sample_meta(r.sample),
             "record": self.record,
             "tracker_state": self.tracker_state,
             "times": self.times,
@@ -153,12 +156,7 @@ class ScoredBatch:
         t, meta = _unpack(data)
         if meta.get("kind") != "scored":
             raise ValueError("not a scored rollout batch")
-        sample = SampleResult(
-            **{k: t[k] for k in _TRAJ},
-            forward_passes=meta["forward_passes"],
-            model_seconds=meta["model_seconds"],
-            total_seconds=meta["total_seconds"],
-        )
+        sample = _sample_from(t, meta)
         rollout = RolloutBatch(meta["step"], 0, 1, meta["metas"], sample, t["images"].numpy())
         comps = {k.removeprefix("component."): v.numpy() for k, v in t.items() if k.startswith("component.")}
         return cls(
