@@ -12,18 +12,27 @@ ROUNDS ?= 2
 PIPELINE_SET ?=
 MLFLOW_DB ?= $(OUT)/pipeline/mlflow.db
 MLFLOW_PORT ?= 5000
+# helm and kubectl for the chart and infra checks (scripts/install_tools.py pins them)
+TOOLS := .cache/tools/bin
+# images: REGISTRY/htgrpo:TAG (CPU) and REGISTRY/htgrpo-cuda:TAG (CUDA); pipeline.image / pipeline.gpu_image name them
+REGISTRY ?= ghcr.io/htgrpo
+IMAGE_TAG ?= 0.1.0
+DOCKER ?= docker
 
 # glibc's allocator maps and unmaps the large temporaries of every step; keeping them cuts CPU time ~3x.
 export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 100000000000
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install demo test lint format pretrain curve bench-sampler bench-methods clean pipeline mlflow-ui
+.PHONY: help install demo test lint format pretrain curve bench-sampler bench-methods clean pipeline mlflow-ui \
+	tools chart images push-images
 
 help:
 	@echo "make demo      - sample and evaluate the shipped base model on the CPU (installs into .venv)"
 	@echo "make test      - ruff (format + lint) and the test suite"
-	@echo "make pipeline  - recompile pipelines/htgrpo.yaml (ROUNDS=$(ROUNDS)) from pipelines/htgrpo.py"
+	@echo "make pipeline  - recompile pipelines/htgrpo.yaml (ROUNDS=$(ROUNDS)) and copy it into the Helm chart"
+	@echo "make chart     - helm lint the chart (installs helm and kubectl into $(TOOLS))"
+	@echo "make images    - build the CPU and CUDA images (needs a Docker daemon); push-images pushes them"
 	@echo "make mlflow-ui - the MLflow UI of the demo's runs on http://127.0.0.1:$(MLFLOW_PORT)"
 	@echo "make pretrain  - regenerate the base checkpoint from its seeds (about 80 minutes on 2 cores)"
 	@echo "make curve     - score pretraining snapshots: benchmarks/results/pretrain_curve.*"
@@ -49,21 +58,43 @@ demo: $(STAMP)
 	$(HTGRPO) pipeline run-local --pipeline pipelines/htgrpo.yaml --config configs/tiny.yaml --init $(CHECKPOINT) --out $(OUT)/pipeline $(PIPELINE_SET)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff format --check src tests benchmarks components pipelines
-	$(VENV)/bin/ruff check src tests benchmarks components pipelines
+	$(VENV)/bin/ruff format --check src tests benchmarks components pipelines scripts
+	$(VENV)/bin/ruff check src tests benchmarks components pipelines scripts
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format src tests benchmarks components pipelines
-	$(VENV)/bin/ruff check --fix src tests benchmarks components pipelines
+	$(VENV)/bin/ruff format src tests benchmarks components pipelines scripts
+	$(VENV)/bin/ruff check --fix src tests benchmarks components pipelines scripts
 
 pipeline: $(STAMP)
 	$(HTGRPO) pipeline compile --rounds $(ROUNDS) --config configs/tiny.yaml --out pipelines/htgrpo.yaml
+	cp pipelines/htgrpo.yaml helm/htgrpo/files/htgrpo.yaml  # the chart ships it in a ConfigMap (.Files.Get)
 	$(PY) pipelines/render_graph.py pipelines/htgrpo.yaml docs/pipeline.png
+
+tools: $(STAMP)
+	$(PY) scripts/install_tools.py
+
+chart: tools
+	$(TOOLS)/helm lint --strict helm/htgrpo
+
+images:
+	@if ! $(DOCKER) info >/dev/null 2>&1; then \
+		echo "make images: no Docker daemon is reachable ('$(DOCKER) info' failed): start one, or set DOCKER_HOST," >&2; \
+		echo "  then run: $(DOCKER) build -f images/cpu.Dockerfile -t $(REGISTRY)/htgrpo:$(IMAGE_TAG) ." >&2; \
+		echo "            $(DOCKER) build -f images/cuda.Dockerfile -t $(REGISTRY)/htgrpo-cuda:$(IMAGE_TAG) ." >&2; \
+		exit 1; \
+	fi
+	$(DOCKER) build -f images/cpu.Dockerfile -t $(REGISTRY)/htgrpo:$(IMAGE_TAG) .
+	$(DOCKER) build -f images/cuda.Dockerfile -t $(REGISTRY)/htgrpo-cuda:$(IMAGE_TAG) .
+
+push-images: images
+	$(DOCKER) push $(REGISTRY)/htgrpo:$(IMAGE_TAG)
+	$(DOCKER) push $(REGISTRY)/htgrpo-cuda:$(IMAGE_TAG)
 
 mlflow-ui: $(STAMP)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(MLFLOW_DB)) --host 127.0.0.1 --port $(MLFLOW_PORT)
 
-test: lint
+# tools first: the chart and infra tests run the real helm and kubectl
+test: lint tools
 	$(VENV)/bin/pytest -q
 
 pretrain: $(STAMP)

@@ -3,9 +3,11 @@
 prepare_data -> evaluate(base) in parallel with ROUNDS x [plan_shards -> ParallelFor over rollout shards -> score_rewards ->
 train_global -> train_structure -> train_refinement] -> evaluate(trained) -> register.
 
-The number of rounds is fixed at compile time; the shard fan-out is a run parameter (``shards``). Node pools
-(accelerator type and limit, node selector, tolerations) per kind of step and the Kubernetes secrets come from the
-``pipeline`` section of the configuration used to compile. Compile with::
+The number of rounds is fixed at compile time; the shard fan-out is a run parameter (``shards``). The images
+(``pipeline.image``, the CPU image, for prepare_data, plan_shards and register; ``pipeline.gpu_image``, the CUDA
+image, for rollout, scoring, the stages and evaluation), node pools (accelerator type and limit, node selector,
+tolerations) per kind of step and the Kubernetes secrets come from the ``pipeline`` section of the configuration
+used to compile. Compile with::
 
     htgrpo pipeline compile --rounds 2 --out pipelines/htgrpo.yaml
 
@@ -43,7 +45,8 @@ CPU_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000", "P
 
 
 def _common(task: dsl.PipelineTask, settings: PipelineConfig, name: str) -> dsl.PipelineTask:
-    """Image, env, no caching (outputs live in the store), and credentials from secrets (never in the YAML)."""
+    """The CPU image (``_place`` swaps in the CUDA image for heavy steps), env, no caching (outputs live in the
+    store), and credentials from secrets (never in the YAML)."""
     task.set_container_image(settings.image)
     task.set_caching_options(False)
     task.set_display_name(name)
@@ -54,8 +57,10 @@ def _common(task: dsl.PipelineTask, settings: PipelineConfig, name: str) -> dsl.
     return task
 
 
-def _place(task: dsl.PipelineTask, res: StepResources) -> dsl.PipelineTask:
-    """Accelerator type/limit, CPU/memory limits, node selector and tolerations of one kind of step."""
+def _place(task: dsl.PipelineTask, res: StepResources, image: str) -> dsl.PipelineTask:
+    """The CUDA image, accelerator type/limit, CPU/memory limits, node selector and tolerations of one kind of
+    step."""
+    task.set_container_image(image)
     if res.accelerator_type:
         task.set_accelerator_type(res.accelerator_type).set_accelerator_limit(res.accelerator_limit)
     if res.cpu_limit:
@@ -117,7 +122,7 @@ def build(rounds: int = DEFAULT_ROUNDS, settings: PipelineConfig | None = None):
             config_json=cfg, run_root=root, checkpoint_uri=prep.outputs["init_checkpoint"], name="base",
             parent_run_id=parent,
         )  # fmt: skip
-        _place(_common(base_eval, s, "evaluate-base"), s.eval)
+        _place(_common(base_eval, s, "evaluate-base"), s.eval, s.gpu_image)
 
         checkpoint = prep.outputs["init_checkpoint"]
         for r in range(1, rounds + 1):
@@ -127,12 +132,12 @@ def build(rounds: int = DEFAULT_ROUNDS, settings: PipelineConfig | None = None):
             _common(plan, s, f"round-{r}-plan-shards")
             with dsl.ParallelFor(plan.output, name=f"round-{r}-shards") as shard_task:
                 ro = rollout(shard_task=shard_task)
-                _place(_common(ro, s, f"round-{r}-rollout"), s.rollout)
+                _place(_common(ro, s, f"round-{r}-rollout"), s.rollout, s.gpu_image)
             sc = score_rewards(
                 config_json=cfg, run_root=root, checkpoint_uri=checkpoint, round_index=r,
                 shard_uris=dsl.Collected(ro.output), parent_run_id=parent,
             )  # fmt: skip
-            _place(_common(sc, s, f"round-{r}-score"), s.reward)
+            _place(_common(sc, s, f"round-{r}-score"), s.reward, s.gpu_image)
             for stage, component in (
                 ("global", train_global),
                 ("structure", train_structure),
@@ -142,13 +147,13 @@ def build(rounds: int = DEFAULT_ROUNDS, settings: PipelineConfig | None = None):
                     config_json=cfg, run_root=root, checkpoint_uri=checkpoint, scored_uri=sc.output,
                     round_index=r, parent_run_id=parent,
                 )  # fmt: skip
-                _place(_common(t, s, f"round-{r}-{stage}"), s.train)
+                _place(_common(t, s, f"round-{r}-{stage}"), s.train, s.gpu_image)
                 checkpoint = t.output
 
         trained_eval = evaluate(
             config_json=cfg, run_root=root, checkpoint_uri=checkpoint, name="trained", parent_run_id=parent
         )
-        _place(_common(trained_eval, s, "evaluate-trained"), s.eval)
+        _place(_common(trained_eval, s, "evaluate-trained"), s.eval, s.gpu_image)
         reg = register(
             config_json=cfg, run_root=root, checkpoint_uri=checkpoint,
             base_metrics=base_eval.outputs["Output"], trained_metrics=trained_eval.outputs["Output"],

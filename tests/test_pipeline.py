@@ -89,13 +89,17 @@ def test_yaml_parses_strictly_with_node_pools_and_secrets():
     assert {"exec-prepare-data", "exec-register", "exec-plan-shards"} <= set(executors)
     assert sum(n.startswith("exec-train-global") for n in executors) == COMMITTED_ROUNDS
     text = COMMITTED.read_text()
-    for env in spec["deploymentSpec"]["executors"].values():
+    for name, env in spec["deploymentSpec"]["executors"].items():
         assert {e["name"] for e in env["container"].get("env", [])} <= {
             "MALLOC_MMAP_MAX_",
             "MALLOC_TRIM_THRESHOLD_",
             "PYTHONUNBUFFERED",
         }
-        assert env["container"]["image"] == "ghcr.io/htgrpo/htgrpo:0.1.0"
+        gpu = any(name.removeprefix("exec-").startswith(k) for k in kinds)
+        want = (
+            "ghcr.io/htgrpo/htgrpo-cuda:0.1.0" if gpu else "ghcr.io/htgrpo/htgrpo:0.1.0"
+        )  # CUDA vs CPU image
+        assert env["container"]["image"] == want, name
         assert "pip install" not in " ".join(env["container"]["command"])
     assert ACCESS_KEY not in text and SECRET_KEY not in text
     first_doc = text.split("\n---\n")[0]
@@ -127,9 +131,18 @@ def test_compile_takes_node_pools_from_settings(tmp_path):
         node_selector={"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"},
         tolerations=[{"key": "dedicated", "operator": "Equal", "value": "rl", "effect": "NoSchedule"}],
     )
-    settings = PipelineConfig(image="registry.example/htgrpo:1", train=gpu, reward=StepResources(), shards=4)
+    settings = PipelineConfig(
+        image="registry.example/htgrpo:1",
+        gpu_image="registry.example/htgrpo-cuda:1",
+        train=gpu,
+        reward=StepResources(),
+        shards=4,
+    )
     out = pipeline_module.compile_pipeline(tmp_path / "p.yaml", rounds=1, settings=settings)
     spec, platform = docs(out)
+    images = {k: v["container"]["image"] for k, v in spec["deploymentSpec"]["executors"].items()}
+    assert images["exec-prepare-data"] == images["exec-register"] == "registry.example/htgrpo:1"
+    assert images["exec-train-global"] == images["exec-evaluate"] == "registry.example/htgrpo-cuda:1"
     ex = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert ex["exec-train-structure"]["nodeSelector"]["labels"] == {
         "cloud.google.com/gke-accelerator": "nvidia-h100-80gb"

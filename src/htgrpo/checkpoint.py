@@ -7,6 +7,11 @@ Layout of a checkpoint directory::
     image_tokenizer.safetensors
     manifest.json            sizes and sha256 of the files above; written last
 
+A real backbone (``backbone.kind`` mmada or dimoo) keeps its pretrained weights where ``backbone.weights`` says:
+its checkpoint's ``model.safetensors`` holds only what training changed (the LoRA adapter in peft's names, or the
+whole network in the published key names for full fine-tuning) and it has no ``image_tokenizer.safetensors``;
+loading rebuilds the backbone from ``backbone.weights`` first.
+
 A directory without a manifest, or whose files do not match it, is not a checkpoint: loading it fails with a
 message that says which file is missing or damaged. Saving writes into a temporary sibling directory and renames
 it into place, so a killed process never leaves a half-written checkpoint under the final name.
@@ -29,8 +34,9 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
+from htgrpo.backbones.base import Backbone
 from htgrpo.backbones.tiny import TinyBackbone
-from htgrpo.config import Config, StorageConfig, config_to_dict
+from htgrpo.config import BackboneConfig, Config, StorageConfig, config_to_dict
 from htgrpo.errors import CheckpointError
 from htgrpo.tokenizers.kmeans import PatchKMeansTokenizer
 
@@ -64,11 +70,32 @@ def _local(directory: str | Path, storage: StorageConfig | None = None) -> Path:
 
 
 RESERVED_FILES = frozenset({MANIFEST, "config.json", "model.safetensors", "image_tokenizer.safetensors"})
+RUNTIME_BACKBONE_KEYS = frozenset({"weights", "vq_weights", "dtype", "gradient_checkpointing"})
+"""backbone keys that say where and how to load, not what was trained: a checkpoint loads under other values."""
+
+
+def _required_files(kind: str) -> tuple[str, ...]:
+    if kind == "tiny":
+        return ("config.json", "model.safetensors", "image_tokenizer.safetensors")
+    return ("config.json", "model.safetensors")
+
+
+def _describe(backbone: Backbone, kind: str) -> dict[str, Any]:
+    if isinstance(backbone, TinyBackbone):
+        return {
+            "kind": kind,
+            "vocab_size": backbone.llada_config.vocab_size,
+            "codebook_size": backbone.layout.codebook_size,
+            "grid": backbone.layout.grid_h,
+            "text_vocab": backbone.text.tokens,
+            "parameters": backbone.num_parameters(),
+        }
+    return backbone.describe()
 
 
 def save_checkpoint(
     directory: str | Path,
-    backbone: TinyBackbone,
+    backbone: Backbone,
     cfg: Config,
     extra: dict[str, Any] | None = None,
     extra_files: Mapping[str, bytes] | None = None,
@@ -98,20 +125,14 @@ def save_checkpoint(
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{time.time_ns()}"
     tmp.mkdir()
     try:
-        state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
+        state = backbone.checkpoint_tensors()
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "htgrpo-backbone"})
-        backbone.image_tokenizer.save(tmp / "image_tokenizer.safetensors")
+        if cfg.backbone.kind == "tiny":
+            backbone.image_tokenizer.save(tmp / "image_tokenizer.safetensors")
         meta = {
             "format_version": FORMAT_VERSION,
             "config": config_to_dict(cfg),
-            "backbone": {
-                "kind": cfg.backbone.kind,
-                "vocab_size": backbone.llada_config.vocab_size,
-                "codebook_size": backbone.layout.codebook_size,
-                "grid": backbone.layout.grid_h,
-                "text_vocab": backbone.text.tokens,
-                "parameters": backbone.num_parameters(),
-            },
+            "backbone": _describe(backbone, cfg.backbone.kind),
             "extra": extra or {},
         }
         (tmp / "config.json").write_text(json.dumps(meta, indent=2))
@@ -157,26 +178,43 @@ def verify_checkpoint(directory: str | Path, storage: StorageConfig | None = Non
             raise CheckpointError(
                 f"checkpoint {d}: {name} does not match its sha256 in the manifest (corrupt)"
             )
-    for required in ("config.json", "model.safetensors", "image_tokenizer.safetensors"):
+    if "config.json" not in files:
+        raise CheckpointError(f"checkpoint {d}: the manifest lists no config.json")
+    try:
+        meta = json.loads((d / "config.json").read_text())
+        kind = meta.get("backbone", {}).get("kind", "tiny")
+    except (json.JSONDecodeError, AttributeError):
+        raise CheckpointError(f"checkpoint {d}: config.json is not a checkpoint record") from None
+    for required in _required_files(kind):
         if required not in files:
             raise CheckpointError(f"checkpoint {d}: the manifest lists no {required}")
-    return json.loads((d / "config.json").read_text())
+    return meta
+
+
+def backbone_mismatch(now: BackboneConfig, saved: BackboneConfig) -> list[str]:
+    """The backbone keys (other than RUNTIME_BACKBONE_KEYS) on which a config and a checkpoint differ."""
+    return [
+        f"backbone.{k}: config {getattr(now, k)!r} vs checkpoint {getattr(saved, k)!r}"
+        for k in type(now).model_fields
+        if k not in RUNTIME_BACKBONE_KEYS and getattr(now, k) != getattr(saved, k)
+    ]
 
 
 def load_checkpoint(
     directory: str | Path, cfg: Config | None = None, storage: StorageConfig | None = None
-) -> tuple[TinyBackbone, Config]:
-    """Rebuild the backbone saved in `directory`. With `cfg`, its backbone section must match the checkpoint's."""
-    d = _local(directory, storage or (cfg.storage if cfg is not None else None))
+) -> tuple[Backbone, Config]:
+    """Rebuild the backbone saved in `directory`. With `cfg`, its backbone section must match the checkpoint's
+    (except where and how to load the pretrained weights: ``RUNTIME_BACKBONE_KEYS`` come from `cfg`)."""
+    storage = storage or (cfg.storage if cfg is not None else None)
+    d = _local(directory, storage)
     meta = verify_checkpoint(d)
     saved_cfg = Config.model_validate(meta["config"])
-    if cfg is not None and cfg.backbone != saved_cfg.backbone:
-        diffs = [
-            f"backbone.{k}: config {getattr(cfg.backbone, k)!r} vs checkpoint {getattr(saved_cfg.backbone, k)!r}"
-            for k in type(cfg.backbone).model_fields
-            if getattr(cfg.backbone, k) != getattr(saved_cfg.backbone, k)
-        ]
-        raise CheckpointError(f"checkpoint {d} does not match the configuration: " + "; ".join(diffs))
+    if cfg is not None:
+        diffs = backbone_mismatch(cfg.backbone, saved_cfg.backbone)
+        if diffs:
+            raise CheckpointError(f"checkpoint {d} does not match the configuration: " + "; ".join(diffs))
+    if saved_cfg.backbone.kind != "tiny":
+        return _load_pretrained_checkpoint(d, saved_cfg, cfg, storage)
     tokenizer = PatchKMeansTokenizer.load(d / "image_tokenizer.safetensors")
     expected_codes = meta["backbone"]["codebook_size"]
     if tokenizer.codebook_size != expected_codes:
@@ -203,6 +241,22 @@ def load_checkpoint(
             )
         )
     backbone.load_state_dict(state, strict=True)
+    backbone.eval()
+    return backbone, saved_cfg
+
+
+def _load_pretrained_checkpoint(
+    d: Path, saved_cfg: Config, cfg: Config | None, storage: StorageConfig | None
+) -> tuple[Backbone, Config]:
+    from htgrpo.backbones.pretrained import load_pretrained
+
+    runtime = cfg.backbone if cfg is not None else saved_cfg.backbone
+    update = {k: getattr(runtime, k) for k in RUNTIME_BACKBONE_KEYS}
+    saved_cfg = saved_cfg.model_copy(update={"backbone": saved_cfg.backbone.model_copy(update=update)})
+    backbone = load_pretrained(saved_cfg.backbone, storage)
+    backbone.load_checkpoint_tensors(
+        load_file(str(d / "model.safetensors")), f"checkpoint {d}/model.safetensors"
+    )
     backbone.eval()
     return backbone, saved_cfg
 

@@ -141,6 +141,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Online RL; under torchrun (WORLD_SIZE > 1) data-parallel over the ranks, rank 0 writing everything."""
+    from htgrpo.distributed import init_distributed, shutdown
+
+    ctx = init_distributed()
+    try:
+        return _train(args, ctx)
+    finally:
+        shutdown(ctx)
+
+
+def _train(args: argparse.Namespace, ctx) -> int:
     from htgrpo.config import load_config
     from htgrpo.rl.trainer import GRPOTrainer, init_policy
 
@@ -152,11 +163,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"rl.steps={args.steps}")
     cfg = load_config(args.config, overrides)
     out = Path(args.out or f"runs/{cfg.rl.method}-seed{cfg.rl.seed}")
+    init = args.init
+    if init is None and cfg.backbone.kind == "tiny":
+        init = "checkpoints/base"
     if args.resume:
-        trainer = GRPOTrainer.resume(cfg, out)
-        print(f"resuming {out} at RL step {trainer.step} of {cfg.rl.steps}", file=sys.stderr)
+        trainer = GRPOTrainer.resume(cfg, out, dist=ctx, progress=ctx.is_main)
+        if ctx.is_main:
+            print(f"resuming {out} at RL step {trainer.step} of {cfg.rl.steps}", file=sys.stderr)
     else:
-        trainer = GRPOTrainer(cfg, init_policy(cfg, args.init), out)
+        trainer = GRPOTrainer(cfg, init_policy(cfg, init), out, dist=ctx, progress=ctx.is_main)
+    if not ctx.is_main:  # the other ranks train in step and stay silent
+        trainer.train()
+        return 0
     tracker = run_id = None
     if cfg.tracking.enabled:
         from htgrpo.tracking import Tracker
@@ -191,6 +209,18 @@ def cmd_train(args: argparse.Namespace) -> int:
             }
         )
     )
+    return 0
+
+
+def cmd_weights_download(args: argparse.Namespace) -> int:
+    from htgrpo.backbones.hub import download_weights
+    from htgrpo.config import StorageConfig
+
+    storage = None
+    if str(args.to).startswith("s3://"):
+        storage = StorageConfig(uri=args.to, endpoint_url=args.storage_endpoint)
+    result = download_weights(args.model, args.to, revision=args.revision, storage=storage)
+    print(json.dumps(result))
     return 0
 
 
@@ -243,6 +273,33 @@ def cmd_pipeline_run_local(args: argparse.Namespace) -> int:
         tracking_uri=args.tracking_uri,
     )
     print(format_summary(summary))
+    return 0
+
+
+def cmd_pipeline_submit(args: argparse.Namespace) -> int:
+    from htgrpo.submit import GpuPool, plan_submission, submit, token_path
+
+    plan = plan_submission(
+        args.package,
+        experiment=args.experiment,
+        params=args.params,
+        run_name=args.run_name,
+        run_name_prefix=args.run_name_prefix,
+        host=args.host,
+        namespace=args.namespace,
+        service_account=args.service_account,
+        gpu_pool=GpuPool.from_json(args.gpu_pool) if args.gpu_pool else None,
+        s3_endpoint=args.s3_endpoint,
+    )
+    if args.write_package:
+        Path(args.write_package).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.write_package).write_text(plan.package_text())
+    if args.dry_run:
+        token = Path(args.token_path) if args.token_path else token_path()
+        out = {"dry_run": True, **plan.to_dict(), "token_path": str(token), "token_present": token.is_file()}
+        print(json.dumps(out, indent=2))
+        return 0
+    print(json.dumps(submit(plan, token_file=args.token_path), indent=2))
     return 0
 
 
@@ -302,12 +359,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="ht-grpo, maskgrpo, unigrpo, d1, tracegrpo or coupled (sets rl.method; default: the config's)",
     )
-    p.add_argument("--init", default="checkpoints/base", help="checkpoint to start from (and the reference)")
+    p.add_argument(
+        "--init",
+        default=None,
+        help="checkpoint to start from (and the reference); default checkpoints/base for backbone.kind=tiny, "
+        "the pretrained backbone.weights for mmada/dimoo",
+    )
     p.add_argument("--out", default=None, help="run directory (default runs/METHOD-seedSEED)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--steps", type=int, default=None, help="RL steps (sets rl.steps)")
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("weights", help="pretrained weights of the real backbones")
+    wsub = p.add_subparsers(dest="weights_command", required=True)
+    q = wsub.add_parser(
+        "download",
+        help="download MMaDA-8B or Lumina-DiMOO (and the image tokenizer) from the Hugging Face Hub",
+    )
+    q.add_argument(
+        "--model", required=True, choices=["mmada", "mmada-mixcot", "dimoo"], help="which backbone"
+    )
+    q.add_argument("--to", required=True, help="local directory, file://DIR or s3://BUCKET/PREFIX")
+    q.add_argument("--revision", default=None, help="a branch, tag or commit of the model repository")
+    q.add_argument(
+        "--storage-endpoint", default=None, help="S3 endpoint for an s3:// destination (default: AWS / env)"
+    )
+    q.set_defaults(func=cmd_weights_download)
 
     p = sub.add_parser("world", help="write a split's GenEval metadata as JSONL")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "unseen"])
@@ -316,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_world)
 
     p = sub.add_parser(
-        "pipeline", help="the Kubeflow pipeline: compile it, or run it here with KFP's local runner"
+        "pipeline",
+        help="the Kubeflow pipeline: compile it, run it here with KFP's local runner, or submit it",
     )
     psub = p.add_subparsers(dest="pipeline_command", required=True)
     q = psub.add_parser("compile", help="compile pipelines/htgrpo.py to KFP IR YAML")
@@ -337,6 +416,51 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--tracking-uri", default=None, help="MLflow (default sqlite:///OUT/mlflow.db)")
     _add_config_args(q)
     q.set_defaults(func=cmd_pipeline_run_local)
+    q = psub.add_parser(
+        "submit",
+        help="check the compiled pipeline and its parameters, then create one run on a KFP server "
+        "(what the Helm chart's CronJob runs)",
+    )
+    q.add_argument(
+        "--package", default="pipelines/htgrpo.yaml", help="compiled pipeline YAML: a path or s3://BUCKET/KEY"
+    )
+    q.add_argument("--experiment", required=True, help="KFP experiment (created if missing)")
+    q.add_argument(
+        "--param",
+        dest="params",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="pipeline parameter, converted to its declared type; lists as JSON, e.g. "
+        "overrides='[\"rl.lr=1e-5\"]' (repeatable)",
+    )
+    q.add_argument("--run-name", default=None, help="run name (default PREFIX-YYYYmmdd-HHMMSS, UTC)")
+    q.add_argument(
+        "--run-name-prefix", default=None, help="prefix of the default run name (default: experiment)"
+    )
+    q.add_argument(
+        "--host", default=None, help="KFP API endpoint (default: the in-cluster ml-pipeline service)"
+    )
+    q.add_argument("--namespace", default=None, help="KFP namespace (multi-user: the profile namespace)")
+    q.add_argument("--service-account", default=None, help="service account the run's pods use")
+    q.add_argument(
+        "--token-path",
+        default=None,
+        help="projected service-account token (default $KF_PIPELINES_SA_TOKEN_PATH or "
+        "/var/run/secrets/kubeflow/pipelines/token; absent: no token is sent)",
+    )
+    q.add_argument(
+        "--gpu-pool",
+        default=None,
+        metavar="JSON",
+        help='move the GPU steps to this pool: {"resourceName", "count", "nodeSelector", "tolerations"}',
+    )
+    q.add_argument(
+        "--s3-endpoint", default=None, help="S3 endpoint for an s3:// package (default AWS_ENDPOINT_URL)"
+    )
+    q.add_argument("--write-package", default=None, help="also write the package as it would be submitted")
+    q.add_argument("--dry-run", action="store_true", help="check and print the run; contact no server")
+    q.set_defaults(func=cmd_pipeline_submit)
 
     p = sub.add_parser("config", help="print the resolved configuration")
     _add_config_args(p)

@@ -22,26 +22,115 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+LLADA_LORA_TARGETS: tuple[str, ...] = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "attn_out",
+    "ff_proj",
+    "up_proj",
+    "ff_out",
+)
+"""LLaDA's own module names of every linear layer in a block (algorithm.md §4.9, §4.12)."""
+
+
+class LoraConfig(_Frozen):
+    """LoRA adapters (peft) on the LLaDA blocks of a real backbone; the RL reference is the adapter switched off."""
+
+    enabled: bool = Field(
+        False, description="Train LoRA adapters instead of every weight (the reference = adapters disabled)."
+    )
+    r: int = Field(128, gt=0, description="LoRA rank (MaskGRPO: 128).")
+    alpha: float = Field(
+        64.0, gt=0, description="LoRA alpha; the update is scaled by alpha / r (MaskGRPO: 64)."
+    )
+    dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Dropout on the adapter input. MaskGRPO uses 0.05, but any dropout makes the first inner "
+        "iteration's ratio differ from 1 (§4.12), so the default is 0.",
+    )
+    target_modules: tuple[str, ...] = Field(
+        LLADA_LORA_TARGETS,
+        description="Block modules that get adapters (LLaDA names). Only modules inside "
+        "model.transformer.blocks.N are matched: the LM head, also called ff_out, never is.",
+    )
+
+    @model_validator(mode="after")
+    def _known_targets(self) -> LoraConfig:
+        if not self.target_modules:
+            raise ValueError("target_modules: name at least one of " + ", ".join(LLADA_LORA_TARGETS))
+        bad = [m for m in self.target_modules if m not in LLADA_LORA_TARGETS]
+        if bad:
+            raise ValueError(
+                f"target_modules: {', '.join(map(repr, bad))} is not a LLaDA block module; "
+                f"expected some of {', '.join(LLADA_LORA_TARGETS)}"
+            )
+        if len(set(self.target_modules)) != len(self.target_modules):
+            raise ValueError(f"target_modules: duplicates in {list(self.target_modules)}")
+        return self
+
+
 class BackboneConfig(_Frozen):
     kind: Literal["tiny", "mmada", "dimoo"] = Field(
-        "tiny", description="Which masked-diffusion backbone to build."
+        "tiny",
+        description="Which masked-diffusion backbone to build: tiny (CPU, shapes world), mmada (MMaDA-8B with "
+        "MAGVIT-v2) or dimoo (Lumina-DiMOO with its VQ model).",
     )
-    d_model: int = Field(192, gt=0, description="Hidden width of the transformer.")
-    n_layers: int = Field(6, gt=0, description="Number of transformer blocks.")
-    n_heads: int = Field(6, gt=0, description="Attention heads; d_model must be divisible by it.")
-    mlp_hidden_size: int = Field(512, gt=0, description="SwiGLU hidden width (ff_proj / up_proj output).")
-    rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency.")
-    rms_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon.")
+    d_model: int = Field(
+        192, gt=0, description="tiny: hidden width (mmada/dimoo read theirs from WEIGHTS/config.json)."
+    )
+    n_layers: int = Field(6, gt=0, description="tiny: number of transformer blocks.")
+    n_heads: int = Field(6, gt=0, description="tiny: attention heads; d_model must be divisible by it.")
+    mlp_hidden_size: int = Field(
+        512, gt=0, description="tiny: SwiGLU hidden width (ff_proj / up_proj output)."
+    )
+    rope_theta: float = Field(10000.0, gt=0, description="tiny: RoPE base frequency.")
+    rms_eps: float = Field(1e-5, gt=0, description="tiny: RMSNorm epsilon.")
     max_text_len: int = Field(
-        16, gt=0, description="Text tokens a prompt may have (prompts are left-padded)."
+        16,
+        gt=0,
+        description="Text tokens a prompt may have (prompts are left-padded). tiny: longer prompts are an "
+        "error; mmada/dimoo truncate them, as MMaDA's t2i template does (MaskGRPO: 256).",
     )
     image_pos_2d: bool = Field(
         True, description="Add learned row and column embeddings to image tokens (tiny backbone only)."
     )
-    weights: str | None = Field(None, description="Directory or URI of pretrained weights (real backbones).")
+    weights: str | None = Field(
+        None,
+        description="mmada/dimoo: the checkpoint directory (config.json, model.safetensors[.index.json], "
+        "tokenizer) as a local path, file://DIR or s3://BUCKET/PREFIX; s3 is downloaded into storage.cache_dir.",
+    )
+    vq_weights: str | None = Field(
+        None,
+        description="The image tokenizer's directory (mmada: showlab/magvitv2; dimoo: a diffusers VQModel). "
+        "null: WEIGHTS/magvitv2 (mmada) or WEIGHTS/vqvae (dimoo).",
+    )
+    image_size: tuple[int, int] = Field(
+        (512, 512),
+        description="mmada/dimoo: [height, width] of generated images in pixels; the token grid is "
+        "(height/16) x (width/16), e.g. 512 -> 32 x 32 = 1024 tokens.",
+    )
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="mmada/dimoo: dtype of the network weights (bfloat16 for 8B on a GPU; LoRA adapters stay "
+        "float32).",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each block's activations in the backward pass (saves memory)."
+    )
+    lora: LoraConfig = Field(
+        default_factory=LoraConfig, description="LoRA adapters (mmada/dimoo); disabled: full fine-tuning."
+    )
 
     @model_validator(mode="after")
     def _heads_divide(self) -> BackboneConfig:
+        h, w = self.image_size
+        if h <= 0 or w <= 0 or h % 16 or w % 16:
+            raise ValueError(f"image_size must be positive multiples of 16 pixels (got [{h}, {w}])")
+        if self.kind == "tiny" and self.lora.enabled:
+            raise ValueError("lora.enabled: LoRA is for the real backbones (mmada, dimoo), not kind=tiny")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if (self.d_model // self.n_heads) % 2:
@@ -144,6 +233,29 @@ class PretrainConfig(_Frozen):
         0.1, ge=0, le=1, description="Share of prompts replaced by the unconditional one."
     )
     min_mask_ratio: float = Field(0.0, ge=0, lt=1, description="Lower bound of the sampled mask ratio t.")
+    object_mask_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of scenes whose mask is exactly their object tokens (whole-object masking, like "
+        "entity masking): the background stays visible and only what and which colour the objects are is "
+        "asked. 0 is MMaDA's plain objective.",
+    )
+    mask_ratio_power: float = Field(
+        1.0,
+        ge=1,
+        description="t = min + (1-min) * u^p with u ~ U(0,1): p > 1 draws low mask ratios more often, the regime in "
+        "which the sampler's last steps commit the objects (their colour is learned there). 1 is MMaDA's uniform t.",
+    )
+    code_balance: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Exponent b of per-code loss weights w_c ~ freq_c^-b (normalised to mean 1 over training "
+        "tokens, capped by code_balance_max): rare codes (objects) count more than the background that fills "
+        "most cells. 0 is MMaDA's plain objective.",
+    )
+    code_balance_max: float = Field(20.0, ge=1, description="Upper bound of a code's loss weight.")
     ema_decay: float = Field(0.995, ge=0, lt=1, description="EMA of the weights that is saved (0 disables).")
     time_budget_min: float | None = Field(None, gt=0, description="Stop after this many minutes if set.")
     snapshot_every_min: float | None = Field(
@@ -515,7 +627,13 @@ class PipelineConfig(_Frozen):
 
     image: str = Field(
         "ghcr.io/htgrpo/htgrpo:0.1.0",
-        description="Container image of every component (the htgrpo package and its dependencies installed).",
+        description="CPU image (images/cpu.Dockerfile) of the light steps: prepare_data, plan_shards, register; "
+        "also the image of the Helm chart's submitter.",
+    )
+    gpu_image: str = Field(
+        "ghcr.io/htgrpo/htgrpo-cuda:0.1.0",
+        description="CUDA image (images/cuda.Dockerfile) of the steps placed by rollout, reward, train and eval "
+        "(rollout, score_rewards, the three stages, evaluate).",
     )
     shards: int = Field(2, ge=1, description="Default rollout fan-out: prompt shards rolled out in parallel.")
     rollout: StepResources = Field(default_factory=_gpu_step, description="Rollout pods.")

@@ -5,16 +5,42 @@ Module names and the state-dict layout follow LLaDA's ``LLaDAModelLM`` (``model.
 ``model.transformer.ln_f``, untied ``model.transformer.ff_out``), so that the same class serves the CPU-sized tiny
 backbone and the 8B checkpoints, and LoRA can target the LLaDA module names. No causal mask: every token sees every
 non-padding token.
+
+The real checkpoints' ``config.json`` (LLaDA's ``ModelConfig`` fields, which MMaDA's ``MMadaConfig`` and
+Lumina-DiMOO's ``LLaDAConfig`` both carry) is read by ``LLaDAConfig.from_checkpoint_config``; a setting this
+implementation does not have (tied weights, biases, a non-llama block, ...) is an error naming the key and the file.
+The 8B networks are built on the ``meta`` device (``LLaDAModelLM(cfg, device="meta")``) and materialised only when
+their weights are loaded, so nothing is allocated or initialised twice.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from htgrpo.errors import ConfigError
+
+_LLADA_ARCHITECTURE: dict[str, tuple[Any, ...]] = {
+    "weight_tying": (False,),
+    "include_bias": (False,),
+    "include_qkv_bias": (False,),
+    "rope": (True,),
+    "alibi": (False,),
+    "block_type": ("llama",),
+    "activation_type": ("silu",),
+    "layer_norm_type": ("rms",),
+    "attention_layer_norm": (False,),
+    "input_emb_norm": (False,),
+    "scale_logits": (False,),
+    "block_group_size": (1,),
+    "multi_query_attention": (False,),
+}
+"""config.json settings of LLaDA's ModelConfig this implementation has, with the values it supports."""
 
 
 @dataclass(frozen=True)
@@ -39,12 +65,71 @@ class LLaDAConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_checkpoint_config(cls, data: dict[str, Any], source: str = "config.json") -> LLaDAConfig:
+        """The network of a LLaDA-family ``config.json`` (LLaDA, MMaDA, Lumina-DiMOO).
+
+        The vocabulary is ``embedding_size`` when set (LLaDA pads the embedding beyond ``vocab_size``), else
+        ``vocab_size``. Settings that describe another architecture than this one are rejected, naming the key.
+        """
+        missing = [k for k in ("d_model", "n_layers", "n_heads") if data.get(k) is None]
+        if data.get("embedding_size") is None and data.get("vocab_size") is None:
+            missing.append("vocab_size")
+        if missing:
+            raise ConfigError(f"{source}: not a LLaDA config: it lacks {', '.join(missing)}")
+        for key, expected in _LLADA_ARCHITECTURE.items():
+            if key in data and data[key] is not None and data[key] not in expected:
+                raise ConfigError(
+                    f"{source}: {key} is {data[key]!r}; this LLaDA implementation supports only "
+                    f"{' or '.join(repr(e) for e in expected)}"
+                )
+        d_model = int(data["d_model"])
+        hidden = data.get("mlp_hidden_size")
+        if hidden is None:
+            hidden = int(data.get("mlp_ratio", 4)) * d_model
+        return cls(
+            vocab_size=int(data.get("embedding_size") or data["vocab_size"]),
+            d_model=d_model,
+            n_layers=int(data["n_layers"]),
+            n_heads=int(data["n_heads"]),
+            mlp_hidden_size=int(hidden),
+            rope_theta=float(data.get("rope_theta", 10000.0)),
+            rms_eps=float(data.get("rms_norm_eps", 1e-5)),
+            n_kv_heads=_kv_heads(data),
+        )
+
+    def to_checkpoint_config(self) -> dict[str, Any]:
+        """The ``config.json`` fields of this network, in LLaDA's names (what ``from_checkpoint_config`` reads)."""
+        return {
+            "d_model": self.d_model,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "n_kv_heads": self.kv_heads,
+            "mlp_hidden_size": self.mlp_hidden_size,
+            "rope_theta": self.rope_theta,
+            "rms_norm_eps": self.rms_eps,
+            "vocab_size": self.vocab_size,
+            "embedding_size": self.vocab_size,
+            "weight_tying": False,
+            "include_bias": False,
+            "rope": True,
+            "block_type": "llama",
+            "activation_type": "silu",
+            "layer_norm_type": "rms",
+        }
+
     def num_parameters(self) -> int:
         """Parameter count computed from the config, without allocating anything."""
         d, h = self.d_model, self.mlp_hidden_size
         kv = self.kv_heads * self.head_dim
         block = 2 * d + d * d + 2 * d * kv + d * d + 2 * d * h + h * d
         return 2 * self.vocab_size * d + self.n_layers * block + d
+
+
+def _kv_heads(data: dict[str, Any]) -> int | None:
+    """``n_kv_heads`` when it differs from ``n_heads`` (grouped-query attention), else None (plain attention)."""
+    kv = data.get("n_kv_heads")
+    return None if not kv or int(kv) == int(data["n_heads"]) else int(kv)
 
 
 class RMSNorm(nn.Module):
@@ -77,6 +162,13 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x2, x1], dim=-1)
 
 
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    if x.dtype == torch.float32:
+        return x * cos + _rotate_half(x) * sin
+    xf = x.float()
+    return (xf * cos + _rotate_half(xf) * sin).to(x.dtype)
+
+
 class LLaDABlock(nn.Module):
     def __init__(self, cfg: LLaDAConfig) -> None:
         super().__init__()
@@ -99,8 +191,9 @@ class LLaDABlock(nn.Module):
         q = self.q_proj(h).view(b, n, cfg.n_heads, cfg.head_dim).transpose(1, 2)
         k = self.k_proj(h).view(b, n, cfg.kv_heads, cfg.head_dim).transpose(1, 2)
         v = self.v_proj(h).view(b, n, cfg.kv_heads, cfg.head_dim).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        # RoPE in float32 whatever the weights' dtype (LLaDA's rope_full_precision)
+        q = _rope(q, cos, sin)
+        k = _rope(k, cos, sin)
         if cfg.kv_heads != cfg.n_heads:
             rep = cfg.n_heads // cfg.kv_heads
             k = k.repeat_interleave(rep, dim=1)
@@ -117,7 +210,11 @@ class LLaDATransformer(nn.Module):
         self.cfg = cfg
         self.transformer = nn.ModuleDict(
             {
-                "wte": nn.Embedding(cfg.vocab_size, cfg.d_model),
+                # _weight skips nn.Embedding's own init (LLaDAModelLM initialises everything; a meta build of
+                # an 8B network would otherwise spend seconds in the meta normal_)
+                "wte": nn.Embedding(
+                    cfg.vocab_size, cfg.d_model, _weight=torch.empty(cfg.vocab_size, cfg.d_model)
+                ),
                 "blocks": nn.ModuleList(LLaDABlock(cfg) for _ in range(cfg.n_layers)),
                 "ln_f": RMSNorm(cfg.d_model, cfg.rms_eps),
                 "ff_out": nn.Linear(cfg.d_model, cfg.vocab_size, bias=False),
@@ -128,12 +225,19 @@ class LLaDATransformer(nn.Module):
 class LLaDAModelLM(nn.Module):
     """``model.transformer.*`` layout of LLaDA checkpoints; returns hidden states or logits over a vocab slice."""
 
-    def __init__(self, cfg: LLaDAConfig) -> None:
+    def __init__(
+        self, cfg: LLaDAConfig, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
+        """``device="meta"`` builds the module without memory or initialisation (weights are loaded later)."""
         super().__init__()
         self.cfg = cfg
-        self.model = LLaDATransformer(cfg)
+        with torch.device(device or "cpu"):
+            self.model = LLaDATransformer(cfg)
         self.gradient_checkpointing = False
-        self.reset_parameters()
+        if str(device) != "meta":
+            self.reset_parameters()
+        if dtype is not None:
+            self.to(dtype)
 
     def reset_parameters(self) -> None:
         std = 0.02
@@ -164,7 +268,6 @@ class LLaDAModelLM(nn.Module):
             x = x + extra_embeds
         n = input_ids.shape[1]
         cos, sin = rotary_tables(n, self.cfg.head_dim, self.cfg.rope_theta, x.device)
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         bias = None
         if attention_mask is not None and not bool(attention_mask.all()):
             # Keys that are padding are never attended; a padding query still attends to real keys.
@@ -183,3 +286,14 @@ class LLaDAModelLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.model.transformer["ff_out"](self.hidden_states(input_ids, attention_mask))
+
+
+MMADA_8B = LLaDAConfig(
+    vocab_size=134656, d_model=4096, n_layers=32, n_heads=32, mlp_hidden_size=12288, rope_theta=500000.0
+)
+"""MMaDA-8B (Base / MixCoT): LLaDA-8B resized to 126464 text + 8192 image rows (``new_vocab_size``)."""
+
+DIMOO_8B = LLaDAConfig(
+    vocab_size=134548, d_model=4096, n_layers=32, n_heads=32, mlp_hidden_size=12288, rope_theta=500000.0
+)
+"""Lumina-DiMOO: the same LLaDA-8B blocks; 126356 text rows + 8192 image codes (algorithm.md §2.6)."""

@@ -16,6 +16,13 @@ Randomness is derived from (rl.seed, step, purpose), so a run is deterministic u
 continues exactly as an uninterrupted one: a checkpoint holds the weights, the frozen reference, the optimizer
 state and the trainer state (step, history, per-prompt statistics).
 
+The reference is a frozen copy of the initial weights, or, when the backbone trains a LoRA adapter
+(``backbone.lora.enabled``), the same network with the adapter disabled (no copy, no reference file).
+
+Under ``torchrun`` (``dist``: a ``DistContext`` with several ranks) each rank rolls out a contiguous shard of the
+step's prompts, rewards are gathered so advantages are global, gradients are summed over the ranks before each
+optimizer step, and only rank 0 writes (``htgrpo.distributed``).
+
 Run directory: ``config.yaml`` (resolved), ``metrics.jsonl`` (one line per step) and ``checkpoints/step-NNNNNN``.
 """
 
@@ -48,6 +55,13 @@ from htgrpo.checkpoint import (
     verify_checkpoint,
 )
 from htgrpo.config import Config, config_to_dict
+from htgrpo.distributed import (
+    DistContext,
+    all_gather_objects,
+    all_reduce_gradients,
+    all_reduce_values,
+    broadcast_parameters,
+)
 from htgrpo.errors import CheckpointError, ConfigError, HtgrpoError, PromptError
 from htgrpo.rl.advantages import PerPromptStatTracker, group_advantages
 from htgrpo.rl.estimators import IterationPlan, RolloutRecord, build_estimator
@@ -102,8 +116,10 @@ def check_prompt_pool(rows: Sequence[Metadata], source: str) -> list[Metadata]:
     return rows
 
 
-def derive_seed(seed: int, step: int, purpose: str) -> int:
-    return int(np.random.SeedSequence([seed, step, _PURPOSE[purpose]]).generate_state(1, np.uint64)[0] >> 1)
+def derive_seed(seed: int, step: int, purpose: str, rank: int = 0) -> int:
+    """The seed of one purpose at one step (each rank of a distributed run draws its own plans)."""
+    key = [seed, step, _PURPOSE[purpose]] + ([rank] if rank else [])
+    return int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1)
 
 
 def shard_seed(seed: int, step: int, shard: int) -> int:
@@ -196,7 +212,17 @@ class StageStats:
         self.structure_frac_sum = self.update_in_structure_sum = 0.0
         self.has_structure = False
 
-    def add(self, out: LossOutput, loss: float, grad_norm: float, plan: IterationPlan) -> None:
+    def add(
+        self,
+        out: LossOutput,
+        loss: float,
+        grad_norm: float,
+        plan: IterationPlan,
+        batch: int | None = None,
+        structure: tuple[float, float] | None = None,
+    ) -> None:
+        """One iteration. ``batch`` / ``structure`` (structure fraction, share of U in S) override what the
+        plan alone gives, for a distributed step whose plan holds one rank's samples."""
         self.iterations += 1
         self.tokens += out.tokens
         self.clipped += out.clipped
@@ -205,12 +231,15 @@ class StageStats:
         self.kl_sum += out.kl_sum
         self.loss_sum += loss
         self.grad_norm_sum += grad_norm
-        self.samples_total += plan.update.shape[0]
+        self.samples_total += plan.update.shape[0] if batch is None else batch
         if plan.structure is not None:
             self.has_structure = True
-            self.structure_frac_sum += float(plan.structure.float().mean())
-            n_u = int(plan.update.sum())
-            self.update_in_structure_sum += float((plan.update & plan.structure).sum()) / n_u if n_u else 0.0
+            if structure is None:
+                n_u = int(plan.update.sum())
+                in_s = float((plan.update & plan.structure).sum()) / n_u if n_u else 0.0
+                structure = (float(plan.structure.float().mean()), in_s)
+            self.structure_frac_sum += structure[0]
+            self.update_in_structure_sum += structure[1]
 
     def summary(self) -> dict[str, Any]:
         it = max(self.iterations, 1)
@@ -247,12 +276,19 @@ class GRPOTrainer:
         reference: Backbone | None = None,
         prompts: Sequence[Metadata] | None = None,
         progress: bool = True,
+        dist: DistContext | None = None,
         _resuming: bool = False,
     ) -> None:
         self.cfg = cfg
         self.rl = cfg.rl
         self.policy = policy
         self.device = model_device(policy)
+        self.dist = dist or DistContext(device=self.device)
+        if self.dist.world_size > self.rl.prompts_per_step:
+            raise RLError(
+                f"{self.dist.world_size} ranks for rl.prompts_per_step={self.rl.prompts_per_step}: every rank "
+                "needs at least one prompt group per step"
+            )
         self.estimator = build_estimator(self.rl)
         self.reward = mixed_reward(self.rl.rewards)
         self.prompts = check_prompt_pool(prompts, "given") if prompts is not None else load_prompt_pool(cfg)
@@ -267,9 +303,20 @@ class GRPOTrainer:
             )
         self.sampler_cfg = self.rl.rollout_sampler_config(cfg.sampler)
         self.num_iterations = self.estimator.num_iterations(self.sampler_cfg.steps)
-        if reference is None:
-            reference = copy.deepcopy(policy)
-        self.reference = reference.eval().requires_grad_(False)
+        self.lora = cfg.backbone.lora.enabled
+        if self.lora != policy.has_adapter:
+            raise RLError(
+                f"backbone.lora.enabled is {self.lora} but the policy {'has no' if self.lora else 'has a'} "
+                "LoRA adapter: build the backbone from this configuration"
+            )
+        if self.lora:
+            self.reference: Backbone | None = None  # the policy with its adapter disabled
+        else:
+            if reference is None:
+                reference = copy.deepcopy(policy)
+            self.reference = reference.eval().requires_grad_(False)
+        # every rank starts from rank 0's trainable weights (LoRA adapters are initialised at random)
+        broadcast_parameters(self.dist, [p for p in policy.parameters() if p.requires_grad])
         self.optimizer = build_optimizer(policy, cfg)
         self.tracker = (
             PerPromptStatTracker(self.rl.stat_tracking_buffer) if self.rl.stat_tracking_buffer else None
@@ -279,14 +326,16 @@ class GRPOTrainer:
         self.progress = progress
         self.callbacks: list[Any] = []
         """Called with each finished step's record (e.g. MLflow logging in ``htgrpo train``)."""
-        self.run_dir = Path(run_dir) if run_dir is not None else None
-        if self.run_dir is not None and not _resuming:
-            existing = self.checkpoint_dirs(self.run_dir)
+        # only rank 0 writes the run directory
+        self.run_dir = Path(run_dir) if run_dir is not None and self.dist.is_main else None
+        if run_dir is not None and not _resuming:
+            existing = self.checkpoint_dirs(Path(run_dir))
             if existing:
                 raise RLError(
-                    f"run directory {self.run_dir} already has checkpoints ({existing[-1].name}); pass --resume "
+                    f"run directory {run_dir} already has checkpoints ({existing[-1].name}); pass --resume "
                     "to continue that run, or choose another --out"
                 )
+        if self.run_dir is not None and not _resuming:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._write_config()
             (self.run_dir / METRICS).write_text("")
@@ -306,6 +355,13 @@ class GRPOTrainer:
         part = plan.prompt.index(sl)
         prompt = PromptBatch(part.input_ids.to(dev), part.attention_mask.to(dev))
         return policy_log_probs(model, prompt, record.codes[sl].to(dev), plan.visible[sl].to(dev))
+
+    def _ref_log_probs(self, record: RolloutRecord, plan: IterationPlan, sl: slice) -> torch.Tensor:
+        """theta_ref: the frozen copy, or the policy with its LoRA adapter disabled."""
+        if self.reference is not None:
+            return self._log_probs(self.reference, record, plan, sl)
+        with self.policy.adapter_disabled():
+            return self._log_probs(self.policy, record, plan, sl)
 
     # --- the phases of one RL step (each also runs on its own, in a pipeline component) -------------------
     def step_prompts(self) -> list[int]:
@@ -339,10 +395,24 @@ class GRPOTrainer:
         """Rewards and group advantages of a step's rollout (updates the per-prompt statistics, if any)."""
         rl = self.rl
         t0 = time.perf_counter()
-        metas, texts = batch.metas, batch.texts
-        rewards = self.reward(batch.images, texts, metas)
-        adv = group_advantages(
+        rewards = self.reward(batch.images, batch.texts, batch.metas)
+        total, components, texts, metas, lo = (
             rewards.total,
+            dict(rewards.components),
+            batch.texts,
+            batch.metas,
+            0,
+        )
+        if self.dist.enabled:  # every rank scores the whole step: global advantages, statistics and record
+            parts = all_gather_objects(self.dist, (total, components, texts, metas))
+            lo = sum(len(part[0]) for part in parts[: self.dist.rank])
+            total = np.concatenate([part[0] for part in parts])
+            components = {k: np.concatenate([part[1][k] for part in parts]) for k in components}
+            texts = [t for part in parts for t in part[2]]
+            metas = [m for part in parts for m in part[3]]
+        mine = slice(lo, lo + len(batch.texts))
+        adv = group_advantages(
+            total,
             rl.group_size,
             rl.advantage_clip,
             tracker=self.tracker,
@@ -350,16 +420,16 @@ class GRPOTrainer:
             drop_zero_variance=rl.drop_zero_variance_groups,
         )
         seconds = time.perf_counter() - t0
-        finite = np.isfinite(rewards.total)
+        finite = np.isfinite(total)
         record_out: dict[str, Any] = {
             "step": batch.step,
             "images_sampled": batch.step * len(texts),
-            "reward_mean": _round(float(rewards.total[finite].mean())) if finite.any() else None,
-            "reward_std": _round(float(rewards.total[finite].std())) if finite.any() else None,
-            "reward_per_task": self._per_task(rewards.total, metas),
+            "reward_mean": _round(float(total[finite].mean())) if finite.any() else None,
+            "reward_std": _round(float(total[finite].std())) if finite.any() else None,
+            "reward_per_task": self._per_task(total, metas),
             "reward_components": {
                 k: _round(float(np.nanmean(v))) if np.isfinite(v).any() else None
-                for k, v in rewards.components.items()
+                for k, v in components.items()
             },
             "nonfinite_rewards": adv.nonfinite,
             "groups_skipped": adv.groups_skipped,
@@ -385,8 +455,8 @@ class GRPOTrainer:
             batch,
             rewards.total,
             dict(rewards.components),
-            adv.advantages,
-            adv.keep,
+            adv.advantages[mine],
+            adv.keep[mine],
             record_out,
             self.tracker.state_dict() if self.tracker else None,
             {"reward": seconds},
@@ -394,11 +464,26 @@ class GRPOTrainer:
         )
 
     def prepare_update(self, scored: ScoredBatch) -> UpdateBatch:
-        """The K iteration plans of a scored batch (drawn from the step's seed), without log-probs yet."""
+        """The K iteration plans of a scored batch (drawn from the step's seed), without log-probs yet.
+
+        A plan runs when some sample has tokens to update (on any rank, in a distributed run: every rank runs
+        the same iterations). A rank none of whose samples is kept (its groups were dropped while others' were
+        not) still takes part, with plans over its samples whose update sets are empty.
+        """
         keep = np.flatnonzero(scored.keep)
-        plans, record = self._plans(scored.rollout.sample, scored.rollout.texts, keep)
-        advantages = torch.as_tensor(scored.advantages[keep], dtype=torch.float32, device=self.device)
-        runnable = [p for p in plans if bool(p.update.any())]
+        idle = len(keep) == 0
+        rows = np.arange(len(scored.keep)) if idle else keep
+        plans, record = self._plans(scored.rollout.sample, scored.rollout.texts, rows)
+        if idle:
+            for plan in plans:
+                plan.update = torch.zeros_like(plan.update)
+        advantages = torch.as_tensor(
+            np.zeros(len(rows)) if idle else scored.advantages[keep], dtype=torch.float32, device=self.device
+        )
+        flags = [float(bool(p.update.any())) for p in plans]
+        if self.dist.enabled:
+            flags = all_reduce_values(self.dist, flags, "max")
+        runnable = [p for p, f in zip(plans, flags, strict=True) if f > 0]
         return UpdateBatch(plans, runnable, record, advantages, self._chunks(record.batch))
 
     def old_ref_log_probs(self, upd: UpdateBatch) -> float:
@@ -413,9 +498,7 @@ class GRPOTrainer:
                 )
                 if self.rl.kl_beta > 0:
                     upd.ref.append(
-                        torch.cat(
-                            [self._log_probs(self.reference, upd.record, plan, sl) for sl in upd.chunks]
-                        )
+                        torch.cat([self._ref_log_probs(upd.record, plan, sl) for sl in upd.chunks])
                     )
         _sync(self.device)
         return time.perf_counter() - t0
@@ -442,6 +525,7 @@ class GRPOTrainer:
             weights = plan.weights.to(dev)
             counts = update.sum(1)
             denom = float(counts.sum()) if rl.normalisation == "token" else float((counts > 0).sum())
+            denom = all_reduce_values(self.dist, [denom])[0]  # the whole step's normaliser on every rank
             self.optimizer.zero_grad(set_to_none=True)
             parts: list[LossOutput] = []
             loss_value = 0.0
@@ -462,6 +546,7 @@ class GRPOTrainer:
                 out.loss.backward()
                 loss_value += float(out.loss.detach())
                 parts.append(out)
+            all_reduce_gradients(self.dist, params)  # sum of the ranks' shares = the global loss's gradient
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, rl.grad_clip))
             self.optimizer.step()
             merged = LossOutput(
@@ -474,7 +559,23 @@ class GRPOTrainer:
                 kl_sum=sum(p.kl_sum for p in parts),
                 ratio_min=min(p.ratio_min for p in parts),
             )
-            summaries.setdefault(plan.stage, StageStats()).add(merged, loss_value, grad_norm, plan)
+            batch, structure = plan.update.shape[0], None
+            if self.dist.enabled:
+                merged, loss_value, batch = self._merge_ranks(merged, loss_value, batch)
+                if plan.structure is not None:
+                    s_in, cells, u_in_s, u_all = all_reduce_values(
+                        self.dist,
+                        [
+                            plan.structure.sum(),
+                            plan.structure.numel(),
+                            (plan.update & plan.structure).sum(),
+                            plan.update.sum(),
+                        ],
+                    )
+                    structure = (s_in / max(cells, 1.0), u_in_s / u_all if u_all else 0.0)
+            summaries.setdefault(plan.stage, StageStats()).add(
+                merged, loss_value, grad_norm, plan, batch, structure
+            )
             iterations.append(
                 {
                     "stage": plan.stage,
@@ -492,6 +593,26 @@ class GRPOTrainer:
             )
         _sync(dev)
         return {name: st.summary() for name, st in summaries.items()}, iterations, time.perf_counter() - t0
+
+    def _merge_ranks(self, out: LossOutput, loss: float, batch: int) -> tuple[LossOutput, float, int]:
+        """One iteration's statistics summed (extremes: max/min) over the ranks."""
+        sums = all_reduce_values(
+            self.dist, [loss, out.tokens, out.samples, out.clipped, out.ratio_sum, out.kl_sum, batch]
+        )
+        hi = all_reduce_values(self.dist, [out.ratio_max if out.tokens else -math.inf], "max")[0]
+        lo = all_reduce_values(self.dist, [out.ratio_min if out.tokens else math.inf], "min")[0]
+        tokens = int(sums[1])
+        merged = LossOutput(
+            loss=torch.tensor(sums[0]),
+            tokens=tokens,
+            samples=int(sums[2]),
+            clipped=int(sums[3]),
+            ratio_sum=sums[4],
+            ratio_max=hi if tokens else 1.0,
+            kl_sum=sums[5],
+            ratio_min=lo if tokens else 1.0,
+        )
+        return merged, sums[0], int(sums[6])
 
     def finish_update(
         self,
@@ -525,7 +646,7 @@ class GRPOTrainer:
         metrics. The same phases run one by one in the Kubeflow pipeline."""
         times = {"rollout": 0.0, "reward": 0.0, "old_ref": 0.0, "update": 0.0}
         t0 = time.perf_counter()
-        batch = self.rollout()
+        batch = self.rollout(self.dist.rank, self.dist.world_size)
         times["rollout"] = time.perf_counter() - t0
         scored = self.score(batch)
         times["reward"] = scored.times["reward"]
@@ -554,7 +675,7 @@ class GRPOTrainer:
             mask_id=self.policy.layout.mask_id,
             rollout_steps=self.sampler_cfg.steps,
         )
-        gen = torch.Generator().manual_seed(self._seed("plans"))
+        gen = torch.Generator().manual_seed(derive_seed(self.rl.seed, self.step, "plans", self.dist.rank))
         return self.estimator.build_plans(record, gen), record
 
     @staticmethod
@@ -567,7 +688,7 @@ class GRPOTrainer:
 
     def _finish_step(self, record: dict[str, Any]) -> dict[str, Any]:
         self.step += 1
-        if self.rl.eval_every and self.step % self.rl.eval_every == 0:
+        if self.rl.eval_every and self.step % self.rl.eval_every == 0 and self.dist.is_main:
             record["eval"] = self.evaluate()
         self.history.append(record)
         for callback in self.callbacks:
@@ -632,7 +753,6 @@ class GRPOTrainer:
     def state_files(self, extra_state: dict[str, Any] | None = None) -> dict[str, bytes]:
         """The extra checkpoint files of the run: optimizer, frozen reference and trainer state."""
         opt_blob, opt_rest = optimizer_to_files(self.optimizer)
-        ref_state = {k: v.detach().cpu().contiguous() for k, v in self.reference.state_dict().items()}
         state = {
             "step": self.step,
             "seed": self.rl.seed,
@@ -644,11 +764,11 @@ class GRPOTrainer:
             "history": self.history,
             **(extra_state or {}),
         }
-        return {
-            OPTIMIZER_FILE: opt_blob,
-            REFERENCE_FILE: save_tensors(ref_state),
-            TRAINER_STATE: json.dumps(state).encode(),
-        }
+        files = {OPTIMIZER_FILE: opt_blob, TRAINER_STATE: json.dumps(state).encode()}
+        if self.reference is not None:  # a LoRA run's reference is its base weights: nothing to store
+            ref_state = {k: v.detach().cpu().contiguous() for k, v in self.reference.state_dict().items()}
+            files[REFERENCE_FILE] = save_tensors(ref_state)
+        return files
 
     def save_to(
         self,
@@ -699,6 +819,7 @@ class GRPOTrainer:
         *,
         prompts: Sequence[Metadata] | None = None,
         progress: bool = True,
+        dist: DistContext | None = None,
     ) -> GRPOTrainer:
         """Continue a run from its newest whole checkpoint, under ``cfg`` (only RESUMABLE_CHANGES may differ)."""
         run_dir = Path(run_dir)
@@ -713,12 +834,13 @@ class GRPOTrainer:
         ]
         if diffs:
             raise RLError(f"cannot resume {ckpt}: the rl settings changed: " + "; ".join(diffs))
-        trainer = cls._restore(cfg, ckpt, state, run_dir, prompts=prompts, progress=progress)
-        trainer._write_config()
-        # steps after the checkpoint were lost with the process; the metrics file restarts from the checkpoint
-        with (run_dir / METRICS).open("w") as fh:
-            for rec in trainer.history:
-                fh.write(json.dumps(rec) + "\n")
+        trainer = cls._restore(cfg, ckpt, state, run_dir, prompts=prompts, progress=progress, dist=dist)
+        if trainer.run_dir is not None:
+            trainer._write_config()
+            # steps after the checkpoint were lost with the process; the metrics file restarts from the checkpoint
+            with (run_dir / METRICS).open("w") as fh:
+                for rec in trainer.history:
+                    fh.write(json.dumps(rec) + "\n")
         return trainer
 
     @classmethod
@@ -731,14 +853,24 @@ class GRPOTrainer:
         *,
         prompts: Sequence[Metadata] | None = None,
         progress: bool = True,
+        dist: DistContext | None = None,
     ) -> GRPOTrainer:
         policy, _ = load_checkpoint(ckpt, cfg)
-        reference = copy.deepcopy(policy)
-        reference.load_state_dict(
-            load_tensors(read_checkpoint_file(ckpt, REFERENCE_FILE, cfg.storage)), strict=True
-        )
+        reference = None
+        if not policy.has_adapter:
+            reference = copy.deepcopy(policy)
+            reference.load_state_dict(
+                load_tensors(read_checkpoint_file(ckpt, REFERENCE_FILE, cfg.storage)), strict=True
+            )
         trainer = cls(
-            cfg, policy, run_dir, reference=reference, prompts=prompts, progress=progress, _resuming=True
+            cfg,
+            policy,
+            run_dir,
+            reference=reference,
+            prompts=prompts,
+            progress=progress,
+            dist=dist,
+            _resuming=True,
         )
         optimizer_from_files(
             trainer.optimizer, read_checkpoint_file(ckpt, OPTIMIZER_FILE, cfg.storage), state["optimizer"]
@@ -777,8 +909,17 @@ def _manifest_files(uri: str | Path, cfg: Config) -> list[str]:
     return list(json.loads((_local(uri, cfg.storage) / "manifest.json").read_text())["files"])
 
 
-def init_policy(cfg: Config, init: str | Path, meta: dict[str, Any] | None = None) -> Backbone:
-    """The starting weights: a checkpoint whose backbone section (and world grid) match ``cfg``."""
+def init_policy(cfg: Config, init: str | Path | None, meta: dict[str, Any] | None = None) -> Backbone:
+    """The starting weights: a checkpoint whose backbone section (and world grid) match ``cfg``; for a real
+    backbone (mmada, dimoo) without ``init``, its pretrained weights (``backbone.weights``)."""
+    if init is None:
+        if cfg.backbone.kind == "tiny":
+            raise CheckpointError(
+                "no initial checkpoint: pass --init DIR (make pretrain writes checkpoints/base)"
+            )
+        from htgrpo.backbones.pretrained import load_pretrained
+
+        return load_pretrained(cfg.backbone, cfg.storage)
     if str(init).startswith("s3://"):
         meta = meta or verify_checkpoint(init, cfg.storage)
     elif not Path(str(init).removeprefix("file://")).exists():
@@ -787,7 +928,9 @@ def init_policy(cfg: Config, init: str | Path, meta: dict[str, Any] | None = Non
         )
     meta = meta or verify_checkpoint(init)
     policy, saved = load_checkpoint(init, cfg)
-    if saved.world.grid != cfg.world.grid or meta["backbone"]["grid"] != cfg.world.grid:
+    if cfg.backbone.kind == "tiny" and (
+        saved.world.grid != cfg.world.grid or meta["backbone"]["grid"] != cfg.world.grid
+    ):
         raise CheckpointError(
             f"checkpoint {init} was trained on a {meta['backbone']['grid']}-cell grid; world.grid is {cfg.world.grid}"
         )

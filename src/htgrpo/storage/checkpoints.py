@@ -9,6 +9,7 @@ against the manifest before anything is loaded.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -84,13 +85,21 @@ def fetch_checkpoint(uri: str | Path, storage: StorageConfig | None = None) -> P
     )
     cache = Path(storage.cache_dir)
     final = cache / tag
+    cache.mkdir(parents=True, exist_ok=True)
+    # the ranks of a distributed run fetch the same checkpoint at once: one downloads, the others wait and reuse
+    # it, and nobody deletes a copy another process is reading
+    with open(cache / f".{tag}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _fetch_locked(uri, store, files, manifest_bytes, cache, final, tag)
+
+
+def _fetch_locked(uri, store, files, manifest_bytes: bytes, cache: Path, final: Path, tag: str) -> Path:
     if (final / MANIFEST).is_file():
         try:
             _verify(final)
             return final
         except CheckpointError:
             shutil.rmtree(final, ignore_errors=True)
-    cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f".{tag}.tmp-{os.getpid()}-{time.time_ns()}"
     tmp.mkdir()
     try:
