@@ -236,6 +236,28 @@ def cmd_world(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prompts(args: argparse.Namespace) -> int:
+    from htgrpo import prompts
+
+    if args.list:
+        print("\n".join(prompts.list_sources()))
+        return 0
+    if not args.source or not args.out:
+        raise HtgrpoError("htgrpo prompts needs --source NAME and --out FILE (or --list)")
+    world = None
+    if prompts.parse_source(args.source).base == "shapes":
+        from htgrpo.config import load_config
+
+        world = load_config(args.config, args.overrides).world
+    rows = prompts.load_source(
+        args.source, n=args.n, mix=args.mix, seed=args.seed, unseen=args.unseen_objects, world=world
+    )
+    path = prompts.write_jsonl(rows, args.out)
+    counts = ", ".join(f"{k} {v}" for k, v in prompts.tag_counts(rows).items())
+    print(f"wrote {len(rows)} prompts of {args.source} to {path} ({counts})")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
@@ -392,6 +414,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="JSONL path")
     _add_config_args(p)
     p.set_defaults(func=cmd_world)
+
+    p = sub.add_parser(
+        "prompts",
+        help="write a prompt source as GenEval metadata JSONL (GenEval-style training prompts, T2I-CompBench, ...)",
+    )
+    p.add_argument(
+        "--source",
+        default=None,
+        help="geneval-train, geneval-unseen, geneval, geneval-unseen-test, t2i-compbench[:CAT[:SPLIT]], drawbench, "
+        "pickscore-sfw[:SPLIT], imagereward, dpg or a shapes split (--list prints them all)",
+    )
+    p.add_argument("--out", default=None, help="JSONL path to write")
+    p.add_argument("--n", type=int, default=None, help="geneval-train/-unseen: number of prompts (default 50000)")
+    p.add_argument(
+        "--mix",
+        default=None,
+        help="geneval-train/-unseen: task weights, e.g. single_object=1,two_object=1,position=2 "
+        "(default: Flow-GRPO's; 'uniform' for equal weights)",
+    )
+    p.add_argument("--seed", type=int, default=None, help="geneval-train/-unseen: sampling seed (default 0)")
+    p.add_argument(
+        "--unseen-objects",
+        default=None,
+        help="geneval-train/-unseen: held-out classes: flow-grpo (default, its 20), none, a comma list, "
+        "or random:K[:SEED]",
+    )
+    p.add_argument("--list", action="store_true", help="print the source names and exit")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_prompts)
 
     p = sub.add_parser(
         "pipeline",

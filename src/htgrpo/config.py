@@ -233,29 +233,6 @@ class PretrainConfig(_Frozen):
         0.1, ge=0, le=1, description="Share of prompts replaced by the unconditional one."
     )
     min_mask_ratio: float = Field(0.0, ge=0, lt=1, description="Lower bound of the sampled mask ratio t.")
-    object_mask_share: float = Field(
-        0.0,
-        ge=0,
-        lt=1,
-        description="Share of scenes whose mask is exactly their object tokens (whole-object masking, like "
-        "entity masking): the background stays visible and only what and which colour the objects are is "
-        "asked. 0 is MMaDA's plain objective.",
-    )
-    mask_ratio_power: float = Field(
-        1.0,
-        ge=1,
-        description="t = min + (1-min) * u^p with u ~ U(0,1): p > 1 draws low mask ratios more often, the regime in "
-        "which the sampler's last steps commit the objects (their colour is learned there). 1 is MMaDA's uniform t.",
-    )
-    code_balance: float = Field(
-        0.0,
-        ge=0,
-        le=1,
-        description="Exponent b of per-code loss weights w_c ~ freq_c^-b (normalised to mean 1 over training "
-        "tokens, capped by code_balance_max): rare codes (objects) count more than the background that fills "
-        "most cells. 0 is MMaDA's plain objective.",
-    )
-    code_balance_max: float = Field(20.0, ge=1, description="Upper bound of a code's loss weight.")
     ema_decay: float = Field(0.995, ge=0, lt=1, description="EMA of the weights that is saved (0 disables).")
     time_budget_min: float | None = Field(None, gt=0, description="Stop after this many minutes if set.")
     snapshot_every_min: float | None = Field(
@@ -317,7 +294,8 @@ class RLConfig(_Frozen):
     )
     prompts: str = Field(
         "train",
-        description="Prompt pool: a split of the shapes world (train, val, test, unseen) or a GenEval JSONL path.",
+        description="Prompt pool: a split of the shapes world (train, val, test, unseen), a named prompt source "
+        "(htgrpo.prompts, e.g. geneval-train?n=5000&seed=1) or a GenEval JSONL path.",
     )
     inner_iterations: int | None = Field(
         None,

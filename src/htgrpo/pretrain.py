@@ -25,7 +25,6 @@ from htgrpo.config import Config
 from htgrpo.errors import ConfigError
 from htgrpo.tokenizers.kmeans import PatchKMeansTokenizer
 from htgrpo.world.dataset import WorldDataset, build_dataset, draw_prompts, render_rows, splits_for
-from htgrpo.world.detect import foreground_codes
 
 
 def train_tokenizer(cfg: Config, progress: bool = True) -> PatchKMeansTokenizer:
@@ -50,21 +49,11 @@ def masked_diffusion_loss(
     x0: torch.Tensor,
     generator: torch.Generator,
     min_ratio: float = 0.0,
-    code_weights: torch.Tensor | None = None,
-    ratio_power: float = 1.0,
-    foreground: torch.Tensor | None = None,
-    object_share: float = 0.0,
 ) -> torch.Tensor:
     b, n = x0.shape
-    t = min_ratio + (1 - min_ratio) * torch.rand(b, 1, generator=generator).pow(ratio_power)
+    t = min_ratio + (1 - min_ratio) * torch.rand(b, 1, generator=generator)
     t = t.clamp_min(1.0 / n)
     mask = torch.rand(b, n, generator=generator) < t
-    if foreground is not None and object_share > 0:
-        objects = foreground[x0]
-        whole = (torch.rand(b, generator=generator) < object_share) & objects.any(1)
-        mask = torch.where(whole[:, None], objects, mask)
-        # the masked share is this scene's t, so the 1/t weight averages the loss over its object tokens
-        t = torch.where(whole[:, None], objects.float().mean(1, keepdim=True), t)
     # every scene scores at least one token
     none = ~mask.any(1)
     if none.any():
@@ -72,24 +61,7 @@ def masked_diffusion_loss(
     xt = torch.where(mask, torch.full_like(x0, MASK_CODE), x0)
     logits = backbone.logits(prompt, xt)
     ce = F.cross_entropy(logits.reshape(b * n, -1).float(), x0.reshape(-1), reduction="none").view(b, n)
-    if code_weights is not None:
-        ce = ce * code_weights[x0]
     return ((ce * mask) / t).sum() / (b * n)
-
-
-def code_balance_weights(codes: torch.Tensor, codebook_size: int, power: float, cap: float) -> torch.Tensor:
-    """[codebook] loss weights ~ freq^-power with mean 1 over the training tokens, each at most `cap`.
-
-    In the shapes world the background fills most cells, so its codes dominate the plain objective and the
-    colour of the one or two object cells per scene is learned last; weighting by rarity evens that out.
-    """
-    freq = torch.bincount(codes.reshape(-1).long(), minlength=codebook_size).double()
-    freq = freq / freq.sum()
-    seen = freq > 0
-    w = torch.ones(codebook_size, dtype=torch.float64)
-    w[seen] = freq[seen].pow(-power)
-    w = w / (w[seen] * freq[seen]).sum()
-    return w.clamp(max=cap).float()
 
 
 @dataclass
@@ -152,12 +124,6 @@ def pretrain(
     backbone.train()
     ema = copy.deepcopy(backbone).eval() if pc.ema_decay > 0 else None
     table = PromptTable(backbone, dataset.prompts)
-    code_weights = None
-    foreground = foreground_codes(tokenizer) if pc.object_mask_share > 0 else None
-    if pc.code_balance > 0:
-        code_weights = code_balance_weights(
-            dataset.codes, tokenizer.codebook_size, pc.code_balance, pc.code_balance_max
-        )
     decay, no_decay = [], []
     for name, p in backbone.named_parameters():
         (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
@@ -187,17 +153,7 @@ def pretrain(
         x0 = dataset.codes[idx]
         drop = torch.rand(pc.batch_size, generator=gen) < pc.cond_dropout
         prompt = table.batch(dataset.prompt_index[idx], drop)
-        loss = masked_diffusion_loss(
-            backbone,
-            prompt,
-            x0,
-            gen,
-            pc.min_mask_ratio,
-            code_weights,
-            pc.mask_ratio_power,
-            foreground,
-            pc.object_mask_share,
-        )
+        loss = masked_diffusion_loss(backbone, prompt, x0, gen, pc.min_mask_ratio)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(backbone.parameters(), pc.grad_clip)

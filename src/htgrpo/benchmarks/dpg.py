@@ -1,7 +1,7 @@
 """DPG-Bench (ELLA): 1,065 dense prompts, 2x2 grids of 4 images, VQA questions with a dependency cascade.
 
 Specification: ``design/benchmarks.md`` section 2 (TencentQQGYLab/ELLA @ 3c228f1). Prompts come from
-``../shared/benchmarks/dpg/prompts.jsonl``; the question file ``dpg_bench.csv`` is *not* shipped and must be
+``htgrpo/data/benchmarks/dpg/prompts.jsonl`` (shipped); the question file ``dpg_bench.csv`` is *not* shipped and must be
 supplied by the user from the ELLA repository (``dpg_bench/dpg_bench.csv``).
 
 Protocol. Each prompt's 4 images are tiled into one 2Rx2R grid saved as ``<item_id>.png``; scoring cuts it back
@@ -43,12 +43,13 @@ from PIL import Image
 
 from htgrpo.benchmarks.generation import ImageGenerator, check_images
 from htgrpo.benchmarks.weights import TOKENIZER_FILES, hf_spec, require, torch_device
+from htgrpo.data import BENCHMARK_DATA, SHARED_BENCHMARKS
 from htgrpo.errors import BenchmarkDataError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
-DATA_DIR = PROJECT_ROOT.parent / "shared" / "benchmarks" / "dpg"
+DATA_DIR = BENCHMARK_DATA / "dpg"
 DEFAULT_PROMPTS = DATA_DIR / "prompts.jsonl"
-DEFAULT_CSV = DATA_DIR / "dpg_bench.csv"
+DEFAULT_CSV = SHARED_BENCHMARKS / "dpg" / "dpg_bench.csv"
 CSV_COLUMNS = ("item_id", "proposition_id", "dependency", "tuple", "question_natural_language")
 PIC_NUM = 4
 
@@ -66,7 +67,7 @@ def load_prompts(path: str | Path | None = None) -> list[dict[str, str]]:
     """``[{item_id, prompt}, ...]`` from the staged prompts.jsonl (default) or a user path."""
     p = Path(path) if path is not None else DEFAULT_PROMPTS
     if not p.is_file():
-        raise BenchmarkDataError(f"DPG-Bench prompts {p} do not exist (shipped in ../shared/benchmarks/dpg/)")
+        raise BenchmarkDataError(f"DPG-Bench prompts {p} do not exist (shipped in htgrpo/data/benchmarks/dpg/)")
     rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
     for r in rows:
         if not {"item_id", "prompt"} <= r.keys():

@@ -33,6 +33,7 @@ from PIL import Image, ImageOps
 
 from htgrpo.benchmarks.generation import ImageGenerator, check_images
 from htgrpo.benchmarks.weights import TOKENIZER_FILES, hf_spec, require, torch_device
+from htgrpo.data import BENCHMARK_DATA
 from htgrpo.errors import BenchmarkDataError
 from htgrpo.eval.geneval import (
     TASKS,
@@ -45,7 +46,7 @@ from htgrpo.eval.geneval import (
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
-DATA_DIR = PROJECT_ROOT.parent / "shared" / "benchmarks" / "geneval"
+DATA_DIR = BENCHMARK_DATA / "geneval"
 DEFAULT_METADATA = DATA_DIR / "evaluation_metadata.jsonl"
 DEFAULT_OBJECT_NAMES = DATA_DIR / "object_names.txt"
 
@@ -86,12 +87,12 @@ CLIP_COLOR_SPEC = hf_spec(
 
 
 def load_prompts(path: str | Path | None = None) -> list[dict[str, Any]]:
-    """GenEval metadata rows (default: the official 553 in ``shared/benchmarks/geneval``), validated."""
+    """GenEval metadata rows (default: the official 553, shipped in ``htgrpo/data/benchmarks/geneval``), validated."""
     p = Path(path) if path is not None else DEFAULT_METADATA
     if not p.is_file():
         raise BenchmarkDataError(
             f"GenEval prompt metadata {p} does not exist (the official file is prompts/evaluation_metadata.jsonl "
-            "of github.com/djghosh13/geneval, shipped in ../shared/benchmarks/geneval/)"
+            "of github.com/djghosh13/geneval, shipped in htgrpo/data/benchmarks/geneval/)"
         )
     rows = []
     for n, line in enumerate(p.read_text().splitlines(), 1):

@@ -27,12 +27,11 @@ from htgrpo.benchmarks.generation import ImageGenerator, check_images
 from htgrpo.benchmarks.metrics import METRICS, evaluate_metrics, load_metric
 from htgrpo.benchmarks.report import side_by_side, write_summary
 from htgrpo.benchmarks.weights import require
+from htgrpo.data import BENCHMARK_DATA
 from htgrpo.errors import BenchmarkDataError, HtgrpoError
 
 BENCHMARKS = ("shapes", "geneval", "dpg", "metrics")
-DEFAULT_METRIC_PROMPTS = (
-    dpg.PROJECT_ROOT.parent / "shared" / "benchmarks" / "flow_grpo" / "drawbench" / "test_unique.txt"
-)
+DEFAULT_METRIC_PROMPTS = BENCHMARK_DATA / "flow_grpo" / "drawbench" / "test_unique.txt"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -89,15 +89,24 @@ class RLError(HtgrpoError):
 
 
 def load_prompt_pool(cfg: Config) -> list[Metadata]:
-    """``rl.prompts``: a split of the shapes world, or a GenEval-format JSONL file."""
+    """``rl.prompts``: a split of the shapes world, a named prompt source (``htgrpo.prompts``, e.g.
+    ``geneval-train?n=5000``), or a GenEval-format JSONL file."""
+    from htgrpo.prompts import is_named_source, list_sources, load_source
+
     source = cfg.rl.prompts
     if source in ("train", "val", "test", "unseen"):
         rows = splits_for(cfg.world).get(source)
+    elif is_named_source(source) and not Path(source).is_file():
+        try:
+            rows = load_source(source, world=cfg.world)
+        except ConfigError as exc:
+            raise ConfigError(f"rl.prompts: {exc}") from None
     else:
         path = Path(source)
         if not path.is_file():
             raise ConfigError(
-                f"rl.prompts: {source!r} is neither a split (train, val, test, unseen) nor a file"
+                f"rl.prompts: {source!r} is neither a split (train, val, test, unseen), a prompt source "
+                f"({', '.join(list_sources())}) nor a file"
             )
         rows = read_jsonl(path)
     return check_prompt_pool(rows, source)

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from scipy import ndimage
 
 from htgrpo.eval.geneval import Detection, evaluate_image, partial_reward, postprocess
@@ -68,14 +67,6 @@ def classify_pixels(images: np.ndarray, color_tolerance: float = 60.0) -> np.nda
     out = np.where(near_enough, nearest, STRAY).astype(np.int8)
     out[background] = BACKGROUND
     return out
-
-
-def foreground_codes(tokenizer, min_pixels: int = 4) -> torch.Tensor:
-    """bool [codebook]: codes whose patch shows part of an object (pixels of a palette colour)."""
-    codes = torch.arange(tokenizer.codebook_size)[:, None]
-    patches = tokenizer.decode(codes, (1, 1))  # every code as a one-cell image
-    coloured = (classify_pixels(patches) >= 0).reshape(len(patches), -1).sum(1)
-    return torch.from_numpy(coloured >= min_pixels)
 
 
 class ShapeDetector:
