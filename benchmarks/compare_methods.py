@@ -125,6 +125,8 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
             else round(statistics.mean(r["zero_variance_share"] or 0 for r in rs), 4),
             "runs": rs,
         }
+        rm, rsd = _mean_std([r["eval"]["test"]["reward_mean"] for r in rs])
+        entry["test_reward_mean"], entry["test_reward_std"] = round(rm, 4), round(rsd, 4)
         if all("unseen" in r["eval"] for r in rs):
             um, us = _mean_std([r["eval"]["unseen"]["summary"]["overall"] for r in rs])
             entry["unseen_overall_mean"], entry["unseen_overall_std"] = round(um, 4), round(us, 4)
@@ -140,8 +142,8 @@ def markdown(agg: dict[str, Any], settings: dict[str, Any], ablation_labels: lis
         "",
         "| method | overall (test) | "
         + " | ".join(TASKS)
-        + " | unseen | zero-adv groups | s/run | fwd/sample |",
-        "|" + "---|" * (len(TASKS) + 6),
+        + " | unseen | reward (test) | zero-adv groups | s/run | fwd/sample |",
+        "|" + "---|" * (len(TASKS) + 7),
     ]
 
     def row(label: str, e: dict[str, Any]) -> str:
@@ -150,10 +152,13 @@ def markdown(agg: dict[str, Any], settings: dict[str, Any], ablation_labels: lis
             for t in TASKS
         )
         unseen = f"{e['unseen_overall_mean']:.3f}" if "unseen_overall_mean" in e else "–"
+        reward = (
+            f"{e['test_reward_mean']:.3f} ± {e['test_reward_std']:.3f}" if "test_reward_mean" in e else "–"
+        )
         fp = (e["forward_passes_per_sample"] or {}).get("total", "–")
         zv = "–" if e["zero_variance_share"] is None else f"{e['zero_variance_share']:.2f}"
         return (
-            f"| {label} | {e['overall_mean']:.3f} ± {e['overall_std']:.3f} | {tasks} | {unseen} | {zv} | "
+            f"| {label} | {e['overall_mean']:.3f} ± {e['overall_std']:.3f} | {tasks} | {unseen} | {reward} | {zv} | "
             f"{e['wall_time_s_mean']:.0f} | {fp} |"
         )
 
@@ -202,6 +207,30 @@ def plot(agg: dict[str, Any], path: Path, ablation_labels: list[str]) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _notes(path: str | None) -> str:
+    return "\n\n" + Path(path).read_text() if path else ""
+
+
+def render(out: Path, notes: str | None) -> None:
+    """Re-aggregate the stored runs of a finished benchmark and rewrite its Markdown table and plot."""
+    import json
+
+    data = json.loads(out.with_suffix(".json").read_text())
+    runs = [
+        r
+        for entry in [data["base"], *data["methods"].values(), *data["ablations"].values()]
+        for r in entry["runs"]
+    ]
+    agg = aggregate(runs)
+    labels = list(data["ablations"])
+    data["base"] = agg.get("base")
+    data["methods"] = {m: agg[m] for m in data["methods"]}
+    data["ablations"] = {label: agg[label] for label in labels}
+    write_results(out, data, markdown(agg, data["settings"], labels) + _notes(notes))
+    plot(agg, out.with_suffix(".png"), labels)
+    print(f"rewrote {out.with_suffix('.md')} and .png from {out.with_suffix('.json')}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--init", default="checkpoints/base")
@@ -217,7 +246,18 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--extra", nargs="*", default=[], help="more KEY=VALUE overrides for every run")
     ap.add_argument("--config", default="configs/tiny.yaml", help="its rl section is the starting point")
+    ap.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rebuild <out>.md and .png from the runs stored in <out>.json (no training)",
+    )
+    ap.add_argument(
+        "--notes", help="a Markdown file appended to <out>.md (e.g. the investigation of the results)"
+    )
     args = ap.parse_args()
+    if args.render_only:
+        render(Path(args.out), args.notes)
+        return
     import yaml
 
     rl_section = (yaml.safe_load(Path(args.config).read_text()) or {}).get("rl", {})
@@ -291,7 +331,7 @@ def main() -> None:
         "methods": {m: agg[m] for m in args.methods if m in agg},
         "ablations": {label: agg[label] for label in ablation_labels if label in agg},
     }
-    write_results(out, data, markdown(agg, settings, ablation_labels))
+    write_results(out, data, markdown(agg, settings, ablation_labels) + _notes(args.notes))
     plot(agg, out.with_suffix(".png"), ablation_labels)
     print(f"wrote {out.with_suffix('.json')}, .md and .png in {settings['wall_minutes']} min")
     if any(math.isnan(e["overall_mean"]) for e in agg.values()):
