@@ -1,4 +1,5 @@
-"""`htgrpo evaluate --benchmark geneval|dpg|metrics` and `htgrpo report` with tiny models and a tiny checkpoint."""
+"""`htgrpo evaluate --benchmark geneval|dpg|metrics` and `htgrpo report` with tiny models and a tiny checkpoint,
+and every benchmark's MLflow run (one sqlite store in a tmp dir, shared by the module)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import matplotlib.pyplot  # noqa: F401  (imported at collection, not inside the report test's time)
+import numpy as np
 import pytest
 import torch
 
@@ -56,13 +58,48 @@ def weights(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(autouse=True)
+def clean_mlflow_env(monkeypatch):
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def mlflow_runs(uri: str, experiment: str, benchmark: str):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return client, []
+    return client, client.search_runs([exp.experiment_id], filter_string=f"tags.benchmark = '{benchmark}'")
+
+
+def check_run(uri, experiment, benchmark, metrics, params, artifacts):
+    client, runs = mlflow_runs(uri, experiment, benchmark)
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    r = runs[0]
+    assert r.info.status == "FINISHED" and r.data.tags["htgrpo.kind"] == "evaluate"
+    assert r.info.run_name.startswith(f"evaluate-{benchmark}-")
+    for k, v in metrics.items():
+        assert r.data.metrics[k] == pytest.approx(v), k
+    for k, v in params.items():
+        assert r.data.params[k] == v, k
+    assert {a.path for a in client.list_artifacts(r.info.run_id)} >= set(artifacts)
+    return r
+
+
 def run(capsys, *argv):
     rc = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return rc, out, err
 
 
-def test_geneval_end_to_end_from_a_checkpoint(capsys, tmp_path, ckpt, weights):
+def test_geneval_end_to_end_from_a_checkpoint(capsys, tmp_path, ckpt, weights, mlflow_uri):
     prompts = tmp_path / "p.jsonl"
     rows = [
         {
@@ -97,10 +134,23 @@ def test_geneval_end_to_end_from_a_checkpoint(capsys, tmp_path, ckpt, weights):
         "sampler.steps=2",
         "--device",
         "cpu",
+        "--tracking-uri",
+        mlflow_uri,
+        "--experiment",
+        "bench",
     )
     assert rc == 0, err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["benchmark"] == "geneval" and summary["name"] == "tiny" and summary["images"] == 4
+    r = check_run(
+        mlflow_uri,
+        "bench",
+        "geneval",
+        {"overall": summary["summary"]["overall"], "colors": summary["summary"]["colors"], "images": 4},
+        {"benchmark": "geneval", "images_per_prompt": "2", "sampler.steps": "2", "checkpoint": str(ckpt)},
+        ["summary.json", "summary.md", "results.jsonl"],
+    )
+    assert r.data.tags["checkpoint_uri"] == str(ckpt) and "logged to MLflow run" in stdout
     assert set(summary["summary"]) >= {"single_object", "colors", "overall", "pct_correct_images"}
     assert (out / "images" / "00001" / "samples" / "00001.png").is_file()
     assert "| Model | Overall | Single obj. | Colors |" in stdout and "| tiny | 0.00 |" in stdout
@@ -147,7 +197,7 @@ def _dpg_csv(path):
     return path
 
 
-def test_dpg_needs_its_csv_then_runs(capsys, tmp_path, ckpt, weights):
+def test_dpg_needs_its_csv_then_runs(capsys, tmp_path, ckpt, weights, mlflow_uri):
     rc, _, err = run(
         capsys,
         "evaluate",
@@ -184,10 +234,22 @@ def test_dpg_needs_its_csv_then_runs(capsys, tmp_path, ckpt, weights):
         "sampler.steps=2",
         "--device",
         "cpu",
+        "--tracking-uri",
+        mlflow_uri,
+        "--experiment",
+        "bench",
     )
     assert rc == 0, err
     summary = json.loads((tmp_path / "d" / "summary.json").read_text())
     assert summary["summary"]["n_prompts"] == 1 and 0 <= summary["summary"]["overall"] <= 100
+    check_run(
+        mlflow_uri,
+        "bench",
+        "dpg",
+        {"overall": summary["summary"]["overall"], "n_prompts": 1},
+        {"benchmark": "dpg"},
+        ["summary.json", "summary.md"],
+    )
     assert "| Model | Overall | Global | Entity |" in stdout
 
 
@@ -249,3 +311,74 @@ def test_unknown_benchmark_and_no_checkpoint(capsys, tmp_path):
         tmp_path,
     )
     assert rc == 2 and "clipscore" in err
+
+
+def test_metrics_and_shapes_log_to_mlflow_unless_switched_off(capsys, tmp_path, ckpt, weights, mlflow_uri):
+    from PIL import Image
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(images / f"{i:05d}_0.png")
+    args = [
+        "evaluate",
+        "--benchmark",
+        "metrics",
+        "--images",
+        images,
+        "--metric",
+        f"clipscore={weights / 'clipscore'}",
+    ]
+    args += ["--prompts", "drawbench", "--limit", "2", "--device", "cpu", "--experiment", "bench"]
+    # --no-track wins over a tracking URI: nothing is logged
+    rc, _, err = run(capsys, *args, "--out", tmp_path / "off", "--tracking-uri", mlflow_uri, "--no-track")
+    assert rc == 0, err
+    assert mlflow_runs(mlflow_uri, "bench", "metrics")[1] == []
+    # without any tracking option and no config, nothing is logged either
+    rc, stdout, err = run(capsys, *args, "--out", tmp_path / "plain")
+    assert rc == 0, err
+    assert "MLflow" not in stdout and not (ROOT / "mlflow.db").exists()
+    rc, stdout, err = run(
+        capsys, *args, "--out", tmp_path / "on", "--tracking-uri", mlflow_uri, "--name", "imgs"
+    )
+    assert rc == 0, err
+    summary = json.loads((tmp_path / "on" / "summary.json").read_text())
+    check_run(
+        mlflow_uri,
+        "bench",
+        "metrics",
+        {"clipscore/mean": summary["summary"]["clipscore"]["mean"], "images": 2},
+        {"benchmark": "metrics", "metrics": f"clipscore={weights / 'clipscore'}", "prompts": "drawbench"},
+        ["summary.json", "summary.md", "results.jsonl"],
+    )
+    # shapes: tracking switched on by the checkpoint's config (--set tracking.*)
+    out = tmp_path / "shapes.json"
+    rc, _, err = run(
+        capsys,
+        "evaluate",
+        "--checkpoint",
+        ckpt,
+        "--out",
+        out,
+        "--images-per-prompt",
+        "1",
+        "--set",
+        "sampler.steps=2",
+        "--set",
+        "tracking.enabled=true",
+        "--set",
+        f"tracking.tracking_uri={mlflow_uri}",
+        "--set",
+        "tracking.experiment=bench",
+    )
+    assert rc == 0, err
+    report = json.loads(out.read_text())
+    check_run(
+        mlflow_uri,
+        "bench",
+        "shapes",
+        {"overall": report["summary"]["overall"], "reward_mean": report["reward_mean"]},
+        {"benchmark": "shapes", "split": "test", "images_per_prompt": "1"},
+        ["shapes.json", "shapes.md"],
+    )

@@ -23,25 +23,54 @@ storage cache and verifies every file first (``htgrpo.storage.checkpoints``).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from safetensors.torch import load_file, save_file
-
-from htgrpo.backbones.base import Backbone
-from htgrpo.backbones.tiny import TinyBackbone
 from htgrpo.config import BackboneConfig, Config, StorageConfig, config_to_dict
 from htgrpo.errors import CheckpointError
-from htgrpo.tokenizers.kmeans import PatchKMeansTokenizer
+
+if TYPE_CHECKING:  # torch and the backbones load when a checkpoint is saved or loaded, not to verify one
+    from htgrpo.backbones.base import Backbone
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+
+_verified: dict[Any, Any] | None = None
+"""Inside ``verify_once``: directory -> (file signature, parsed config.json), and s3 URI -> local copy."""
+
+
+@contextmanager
+def verify_once() -> Iterator[None]:
+    """Within this block each checkpoint is hashed (and, from S3, fetched) once per process.
+
+    A pipeline step reaches its checkpoint through several functions (trainer state, weights, reference,
+    optimizer, log-probs), each of which verifies what it reads; inside the block a directory whose files still
+    have the sizes, modification times and inodes they had when they were hashed is not hashed again.
+    """
+    global _verified
+    outer = _verified
+    if outer is None:
+        _verified = {}
+    try:
+        yield
+    finally:
+        _verified = outer
+
+
+def _signature(d: Path) -> tuple | None:
+    try:
+        stats = [(e.name, e.stat()) for e in os.scandir(d) if e.is_file()]
+    except OSError:
+        return None
+    return tuple(sorted((n, st.st_size, st.st_mtime_ns, st.st_ino) for n, st in stats))
 
 
 def sha256_file(path: Path) -> str:
@@ -65,7 +94,15 @@ def _local(directory: str | Path, storage: StorageConfig | None = None) -> Path:
     if _is_remote(directory):
         from htgrpo.storage.checkpoints import fetch_checkpoint
 
-        return fetch_checkpoint(str(directory), storage)
+        key = ("fetched", str(directory))
+        if _verified is not None and key in _verified:
+            d = _verified[key]
+            if _verified.get(d.resolve(), (None,))[0] == _signature(d):
+                return d
+        d = fetch_checkpoint(str(directory), storage)
+        if _verified is not None:
+            _verified[key] = d
+        return d
     return _strip_prefix(str(directory))
 
 
@@ -81,6 +118,8 @@ def _required_files(kind: str) -> tuple[str, ...]:
 
 
 def _describe(backbone: Backbone, kind: str) -> dict[str, Any]:
+    from htgrpo.backbones.tiny import TinyBackbone
+
     if isinstance(backbone, TinyBackbone):
         return {
             "kind": kind,
@@ -111,12 +150,19 @@ def save_checkpoint(
     if _is_remote(directory):
         import tempfile
 
-        from htgrpo.storage.checkpoints import upload_checkpoint_dir
+        from htgrpo.storage.checkpoints import cache_checkpoint_copy, upload_checkpoint_dir
 
-        with tempfile.TemporaryDirectory(prefix="htgrpo-ckpt-") as tmpdir:
-            local = save_checkpoint(Path(tmpdir) / "ckpt", backbone, cfg, extra, extra_files)
-            upload_checkpoint_dir(local, str(directory), storage)
-        return _local(directory, storage)
+        storage = storage or StorageConfig(uri=str(directory))
+        Path(storage.cache_dir).mkdir(parents=True, exist_ok=True)
+        tmpdir = Path(tempfile.mkdtemp(prefix=".htgrpo-ckpt-", dir=storage.cache_dir))
+        try:
+            local = save_checkpoint(tmpdir / "ckpt", backbone, cfg, extra, extra_files)
+            upload_checkpoint_dir(local, str(directory), storage, verify=False)  # just written and hashed
+            return cache_checkpoint_copy(local, str(directory), storage)  # read back later without a download
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+    from safetensors.torch import save_file
+
     for name in extra_files or {}:
         if name in RESERVED_FILES or not name or "/" in name or "\\" in name or name.startswith("."):
             raise ValueError(f"extra checkpoint file name {name!r} is reserved or not a plain file name")
@@ -160,6 +206,18 @@ def save_checkpoint(
 def verify_checkpoint(directory: str | Path, storage: StorageConfig | None = None) -> dict[str, Any]:
     """Check the manifest against the files; return the parsed config.json."""
     d = _local(directory, storage)
+    if _verified is not None:
+        key, sig = d.resolve(), _signature(d)
+        hit = _verified.get(key)
+        if hit is not None and sig is not None and hit[0] == sig:
+            return copy.deepcopy(hit[1])
+        meta = _verify_files(d)
+        _verified[key] = (sig, copy.deepcopy(meta))
+        return meta
+    return _verify_files(d)
+
+
+def _verify_files(d: Path) -> dict[str, Any]:
     if not d.is_dir():
         raise CheckpointError(f"checkpoint {d} does not exist")
     manifest_path = d / MANIFEST
@@ -215,6 +273,11 @@ def load_checkpoint(
             raise CheckpointError(f"checkpoint {d} does not match the configuration: " + "; ".join(diffs))
     if saved_cfg.backbone.kind != "tiny":
         return _load_pretrained_checkpoint(d, saved_cfg, cfg, storage)
+    from safetensors.torch import load_file
+
+    from htgrpo.backbones.tiny import TinyBackbone
+    from htgrpo.tokenizers.kmeans import PatchKMeansTokenizer
+
     tokenizer = PatchKMeansTokenizer.load(d / "image_tokenizer.safetensors")
     expected_codes = meta["backbone"]["codebook_size"]
     if tokenizer.codebook_size != expected_codes:
@@ -248,6 +311,8 @@ def load_checkpoint(
 def _load_pretrained_checkpoint(
     d: Path, saved_cfg: Config, cfg: Config | None, storage: StorageConfig | None
 ) -> tuple[Backbone, Config]:
+    from safetensors.torch import load_file
+
     from htgrpo.backbones.pretrained import load_pretrained
 
     runtime = cfg.backbone if cfg is not None else saved_cfg.backbone
@@ -281,4 +346,5 @@ __all__ = [
     "read_checkpoint_file",
     "save_checkpoint",
     "verify_checkpoint",
+    "verify_once",
 ]

@@ -103,6 +103,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     print(markdown_table(report, Path(args.checkpoint).name))
     print(f"report written to {out}")
+    from htgrpo.benchmarks.run import track_evaluation
+
+    report.setdefault("name", args.name or Path(args.checkpoint).name)
+    files = [out, out.with_suffix(".md"), out.with_suffix(".png")]
+    track_evaluation(args, report, files, cfg, out.parent)
     return 0
 
 
@@ -426,7 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
         "pickscore-sfw[:SPLIT], imagereward, dpg or a shapes split (--list prints them all)",
     )
     p.add_argument("--out", default=None, help="JSONL path to write")
-    p.add_argument("--n", type=int, default=None, help="geneval-train/-unseen: number of prompts (default 50000)")
+    p.add_argument(
+        "--n", type=int, default=None, help="geneval-train/-unseen: number of prompts (default 50000)"
+    )
     p.add_argument(
         "--mix",
         default=None,

@@ -213,6 +213,20 @@ class Tracker:
             lambda: self.client.log_image(run_id, image, key=key, step=step, synchronous=True),
         )
 
+    def log_artifacts(
+        self, run_id: str | None, paths: Iterable[str | Path], artifact_path: str | None = None
+    ) -> None:
+        """Local files as run artifacts (under ``artifact_path`` when given)."""
+        if not run_id:
+            return
+        files = [str(Path(p)) for p in paths]
+
+        def log():
+            for f in files:
+                self.client.log_artifact(run_id, f, artifact_path)
+
+        self._call("artifacts", run_id, {"files": files, "artifact_path": artifact_path}, log)
+
     def log_dataset(
         self, run_id: str | None, name: str, source: str, digest: str, context: str = "training"
     ) -> None:

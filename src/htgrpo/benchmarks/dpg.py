@@ -67,7 +67,9 @@ def load_prompts(path: str | Path | None = None) -> list[dict[str, str]]:
     """``[{item_id, prompt}, ...]`` from the staged prompts.jsonl (default) or a user path."""
     p = Path(path) if path is not None else DEFAULT_PROMPTS
     if not p.is_file():
-        raise BenchmarkDataError(f"DPG-Bench prompts {p} do not exist (shipped in htgrpo/data/benchmarks/dpg/)")
+        raise BenchmarkDataError(
+            f"DPG-Bench prompts {p} do not exist (shipped in htgrpo/data/benchmarks/dpg/)"
+        )
     rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
     for r in rows:
         if not {"item_id", "prompt"} <= r.keys():

@@ -11,16 +11,25 @@ clipscore       torchmetrics' scale: ``max(100 * cos(image, text), 0)`` in [0, 1
 pickscore       ``logit_scale.exp() * cos`` (logit_scale ~ 100), typically 18-24; Flow-GRPO divides by 26
 aesthetic       LAION aesthetic predictor v2: MLP on the L2-normalised CLIP ViT-L/14 image embedding, about
                 1-10 (AVA-style mean rating), SD-class images ~5-6.5; prompt-independent
+hpsv2.1         cos(image, text) of HPSv2.1's fine-tuned ViT-H-14, about 0.2-0.35 (tables print x100);
+                :mod:`htgrpo.benchmarks.preference`
+imagereward     ImageReward v1.0, ``(raw - 0.16717) / 1.03334``, about N(0, 1), typically -2..2;
+                :mod:`htgrpo.benchmarks.preference`
+hpsv3           mu of HPSv3's (mu, sigma) head on Qwen2-VL, unbounded (compare relatively);
+                :mod:`htgrpo.benchmarks.vlm_judges`
+unifiedreward   a Qwen2.5-VL judge's "Final Score" in [1, 5] (0 when unparsable, as in Flow-GRPO, which
+                divides by 5); :mod:`htgrpo.benchmarks.vlm_judges`
+deqa            DeQA-Score's rule (expected level excellent..bad = 5..1) in [1, 5] on a transformers Qwen-VL
+                (mPLUG-Owl2 is not in transformers; see :mod:`htgrpo.benchmarks.vlm_judges`); prompt-independent
 geneval         Flow-GRPO's partial-credit GenEval reward (needs GenEval metadata per image), <= 1 and
                 negative with far too many detections; images optionally round-tripped through JPEG as the
                 reward server receives them
 ==============  ============================================================================================
-
-Not implemented here (see :data:`UNAVAILABLE` for why): hpsv2.1, imagereward, hpsv3, unifiedreward, deqa.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,6 +68,23 @@ def _features(out):
     return out
 
 
+def linear_mlp_head(dim: int):
+    """768 -> 1024 -> 128 -> 64 -> 16 -> 1 with dropouts between and no activations (the LAION aesthetic
+    predictor's and ImageReward's head; Linear layers at Sequential indices 0, 2, 4, 6, 7)."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Linear(dim, 1024),
+        nn.Dropout(0.2),
+        nn.Linear(1024, 128),
+        nn.Dropout(0.2),
+        nn.Linear(128, 64),
+        nn.Dropout(0.1),
+        nn.Linear(64, 16),
+        nn.Linear(16, 1),
+    )
+
+
 class _ClipBase:
     """A transformers CLIPModel with its image processor and tokenizer, from one local directory."""
 
@@ -66,15 +92,21 @@ class _ClipBase:
     spec: WeightsSpec
 
     def __init__(self, weights: str | Path | None, device: str | None = None, batch_size: int = 32):
-        from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+        from transformers import AutoImageProcessor, AutoTokenizer
 
         path = require(self.name, weights, self.spec)
         self.device = torch_device(device)
-        self.model = CLIPModel.from_pretrained(path).to(self.device).eval()
+        self.model = self._load_model(path).to(self.device).eval()
         self.image_processor = AutoImageProcessor.from_pretrained(path)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.max_len = self.model.config.text_config.max_position_embeddings
         self.batch_size = batch_size
+
+    def _load_model(self, path: Path):
+        """The CLIPModel (subclasses with another checkpoint layout override this)."""
+        from transformers import CLIPModel
+
+        return CLIPModel.from_pretrained(path)
 
     def image_embeds(self, images: np.ndarray):
         import torch
@@ -160,7 +192,6 @@ class Aesthetic(_ClipBase):
 
     def __init__(self, weights, device=None, batch_size: int = 32, head: str | Path | None = None):
         import torch
-        from torch import nn
 
         if head is not None:  # an explicit head path: the directory only needs the CLIP files
             self.spec = WeightsSpec(self.spec.what, self.spec.files[:3], self.spec.source)
@@ -169,17 +200,7 @@ class Aesthetic(_ClipBase):
         super().__init__(weights, device, batch_size)
         path = Path(head) if head is not None else Path(weights) / AESTHETIC_HEAD
         state = torch.load(path, map_location="cpu", weights_only=True)
-        dim = state["layers.0.weight"].shape[1]
-        self.head = nn.Sequential(
-            nn.Linear(dim, 1024),
-            nn.Dropout(0.2),
-            nn.Linear(1024, 128),
-            nn.Dropout(0.2),
-            nn.Linear(128, 64),
-            nn.Dropout(0.1),
-            nn.Linear(64, 16),
-            nn.Linear(16, 1),
-        )
+        self.head = linear_mlp_head(state["layers.0.weight"].shape[1])
         self.head.load_state_dict({k.removeprefix("layers."): v for k, v in state.items()})
         self.head.to(self.device).eval()
 
@@ -254,44 +275,53 @@ class GenEvalReward:
 
 @dataclass(frozen=True)
 class MetricInfo:
+    """A registered metric. ``factory`` is the class (or ``"module:Class"``, imported on first use)."""
+
     name: str
-    factory: Callable[..., Metric]
+    factory: Callable[..., Metric] | str
     scale: str
     uses_prompt: bool = True
     needs_metadata: bool = False
+
+    def resolve(self) -> Callable[..., Metric]:
+        if isinstance(self.factory, str):
+            module, _, attr = self.factory.partition(":")
+            return getattr(importlib.import_module(module), attr)
+        return self.factory
 
 
 METRICS: dict[str, MetricInfo] = {
     "clipscore": MetricInfo("clipscore", ClipScore, "max(100 cos, 0) in [0, 100]; typically 20-35"),
     "pickscore": MetricInfo("pickscore", PickScore, "logit_scale.exp() * cos, typically 18-24"),
     "aesthetic": MetricInfo("aesthetic", Aesthetic, "about 1-10 (AVA rating)", uses_prompt=False),
+    "hpsv2.1": MetricInfo(
+        "hpsv2.1", "htgrpo.benchmarks.preference:HPSv21", "cos in [-1, 1], typically 0.2-0.35 (tables x100)"
+    ),
+    "imagereward": MetricInfo(
+        "imagereward", "htgrpo.benchmarks.preference:ImageReward", "about N(0, 1), typically -2..2"
+    ),
+    "hpsv3": MetricInfo("hpsv3", "htgrpo.benchmarks.vlm_judges:HPSv3", "mu of (mu, sigma), unbounded"),
+    "unifiedreward": MetricInfo(
+        "unifiedreward",
+        "htgrpo.benchmarks.vlm_judges:UnifiedReward",
+        "Final Score in [1, 5]; 0 if unparsable",
+    ),
+    "deqa": MetricInfo(
+        "deqa", "htgrpo.benchmarks.vlm_judges:DeQA", "expected quality level in [1, 5]", uses_prompt=False
+    ),
     "geneval": MetricInfo(
         "geneval", GenEvalReward, "partial credit <= 1 (can be negative)", needs_metadata=True
     ),
 }
 
-UNAVAILABLE: dict[str, str] = {
-    "hpsv2.1": "needs open_clip (open_clip_torch) to build ViT-H-14 and load HPS_v2.1_compressed.pt; it is not "
-    "installed here (it pulls torchvision, which must match the pinned torch build); not implemented yet",
-    "imagereward": "needs the image-reward package's BLIP code and a local bert-base-uncased tokenizer; not "
-    "implemented yet",
-    "hpsv3": "needs the hpsv3 package and a local Qwen2-VL-7B-Instruct; not implemented yet",
-    "unifiedreward": "a Qwen2.5-VL generative judge (CodeGoat24/UnifiedReward-qwen-7b); not implemented yet",
-    "deqa": "mPLUG-Owl2 with trust_remote_code (zhiyuanyou/DeQA-Score-Mix3); not implemented yet",
-}
-
 
 def load_metric(name: str, weights: str | Path | None, device: str | None = None, **kwargs) -> Metric:
     """Build a registered metric from its local weights directory."""
-    if name in UNAVAILABLE:
-        raise HtgrpoError(f"metric {name!r} is not available: {UNAVAILABLE[name]}")
     try:
         info = METRICS[name]
     except KeyError:
-        raise HtgrpoError(
-            f"unknown metric {name!r}; available: {', '.join(METRICS)} (planned: {', '.join(UNAVAILABLE)})"
-        ) from None
-    return info.factory(weights, device=device, **kwargs)
+        raise HtgrpoError(f"unknown metric {name!r}; available: {', '.join(METRICS)}") from None
+    return info.resolve()(weights, device=device, **kwargs)
 
 
 def evaluate_metrics(

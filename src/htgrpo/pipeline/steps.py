@@ -12,6 +12,11 @@ Round r is RL step r of ``htgrpo train`` with the same configuration: with one r
 computes exactly what ``GRPOTrainer.train_step`` computes (same seeds, same plans, the same theta_old and
 theta_ref log-probs carried from the global stage to the later ones inside the stage checkpoints). Every step
 is idempotent: when its output already exists whole (a re-run after a killed pod), it returns it unchanged.
+
+Each step runs in a process of its own, so each loads only what it uses: scoring needs neither torch nor the
+backbone, no step but the last of a round (refinement) imports MLflow, which logs the round's four runs (score,
+global, structure, refinement) at once, and a checkpoint is hashed once per step (``checkpoint.verify_once``).
+``timings/STEP.json`` records each step's time inside, its process's start-up before it and its CPU seconds.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from htgrpo.tracking import artifact_root_for
 
 STAGES = ("global", "structure", "refinement")
 LOG_PROBS_FILE = "old_ref_logprobs.safetensors"
+TRAINER_STATE = "trainer_state.json"  # htgrpo.rl.trainer.TRAINER_STATE, named here to score without torch
 
 
 class PipelineError(HtgrpoError):
@@ -55,11 +61,28 @@ def _absolute_sqlite(uri: str) -> str:
     return uri
 
 
+def process_started_at() -> float | None:
+    """When this process started (wall clock, from Linux's /proc), or None where that is not known."""
+    try:
+        with open("/proc/self/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        return time.time() - age
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
 def record_time(cfg: Config, run_root: str, name: str, start: float) -> None:
-    """Wall time of one step (``timings/NAME.json`` in the run root), for the per-component split."""
-    seconds = time.time() - start
-    data = json.dumps({"step": name, "start": start, "seconds": round(seconds, 3)}).encode()
-    open_store(join_uri(run_root, "timings"), cfg.storage).put_bytes(f"{name}.json", data)
+    """Wall time of one step (``timings/NAME.json`` in the run root), for the per-component split: ``seconds``
+    inside the step function, ``startup_s`` from the process's start to the step function (interpreter, KFP
+    executor, imports), ``cpu_s`` the process's CPU seconds so far."""
+    end = time.time()
+    row: dict[str, Any] = {"step": name, "start": start, "seconds": round(end - start, 3), "end": end}
+    born = process_started_at()
+    if born is not None and born <= start:
+        row.update(process_start=born, startup_s=round(start - born, 3))
+    row["cpu_s"] = round(time.process_time(), 3)
+    open_store(join_uri(run_root, "timings"), cfg.storage).put_bytes(f"{name}.json", json.dumps(row).encode())
 
 
 def read_timings(run_root: str, cfg: Config) -> list[dict[str, Any]]:
@@ -167,12 +190,12 @@ def prepare_data(
 ) -> dict[str, Any]:
     """Validate every parameter, check the initial checkpoint, write the prompt set and open the MLflow parent
     run. Returns config_json, run_root, parent_run_id and the shard ids."""
+    start = time.time()
     from htgrpo.checkpoint import verify_checkpoint
     from htgrpo.rl.trainer import load_prompt_pool
     from htgrpo.tracking import digest_rows
     from htgrpo.world.grammar import write_jsonl
 
-    start = time.time()
     cfg = resolve_config(
         config, overrides, rounds=rounds, shards=shards, storage_uri=storage_uri, tracking_uri=tracking_uri
     )
@@ -249,19 +272,20 @@ def rollout(
     config_json: str, run_root: str, checkpoint_uri: str, round_: int, shard: int, shards: int
 ) -> str:
     """Roll out shard ``shard`` of round ``round_`` with the policy at ``checkpoint_uri``; returns its URI."""
-    from htgrpo.checkpoint import load_checkpoint
-    from htgrpo.rl.trainer import GRPOTrainer
-
-    _threads()
+    start = time.time()
     cfg = load_run_config(config_json)
     uri = round_uri(run_root, round_, "rollout", f"shard-{int(shard):03d}.safetensors")
     store = open_store(round_uri(run_root, round_, "rollout"), cfg.storage)
     name = uri.rsplit("/", 1)[1]
     if store.exists(name):
         return uri
-    start = time.time()
+    from htgrpo.checkpoint import load_checkpoint
+    from htgrpo.rl.trainer import GRPOTrainer
+
+    _threads()
     policy, _ = load_checkpoint(checkpoint_uri, cfg)
-    trainer = GRPOTrainer(cfg, policy, reference=policy, progress=False)  # no reference needed to sample
+    # no reference and no optimizer to sample (the trainer builds its optimizer on first use)
+    trainer = GRPOTrainer(cfg, policy, reference=policy, progress=False)
     trainer.step = int(round_) - 1
     batch = trainer.rollout(int(shard), int(shards))
     store.put_bytes(name, batch.to_bytes())
@@ -280,49 +304,47 @@ def score_rewards(
     shard_uris: list[str],
     parent_run_id: str,
 ) -> str:
-    """Score a round's rollout shards (rewards with weights, group advantages); returns the scored batch URI."""
-    from htgrpo.rl.phases import RolloutBatch
+    """Score a round's rollout shards (rewards with weights, group advantages); returns the scored batch URI.
 
-    _threads()
+    Loads only the reward functions, the shards (numpy) and the run's trainer state (its step and per-prompt
+    statistics, one small verified file of ``checkpoint_uri``): no backbone, no trainer, no torch. Its MLflow
+    run (``round-N-score``) is logged with the round's stage runs by ``train_refinement``.
+    """
+    from htgrpo.rl.advantages import PerPromptStatTracker
+    from htgrpo.rl.phases import RolloutBatch
+    from htgrpo.rl.rewards import mixed_reward
+    from htgrpo.rl.scoring import score_rollout
+    from htgrpo.storage.checkpoints import read_verified_object
+
+    start, t0 = time.time(), time.perf_counter()
     cfg = load_run_config(config_json)
     uri = round_uri(run_root, round_, "scored.safetensors")
     store = open_store(round_uri(run_root, round_), cfg.storage)
     if store.exists("scored.safetensors"):
         return uri
-    start, t0 = time.time(), time.perf_counter()
     parts = []
     for shard_uri in shard_uris:
         parent, name = str(shard_uri).rsplit("/", 1)
-        parts.append(RolloutBatch.from_bytes(open_store(parent, cfg.storage).get_bytes(name)))
+        parts.append(RolloutBatch.from_bytes(open_store(parent, cfg.storage).get_bytes(name), arrays=True))
     batch = RolloutBatch.concat(parts)
     if batch.step != round_:
         raise PipelineError(f"rollout shards of step {batch.step} given to round {round_}")
-    trainer, _ = _trainer_at(cfg, checkpoint_uri, round_)
-    scored = trainer.score(batch)
+    state_bytes = read_verified_object(checkpoint_uri, TRAINER_STATE, cfg.storage)
+    state = json.loads(state_bytes) if state_bytes is not None else {}  # a base checkpoint: step 0
+    if int(state.get("step", 0)) != round_ - 1:
+        raise PipelineError(
+            f"checkpoint {checkpoint_uri} is at RL step {state.get('step', 0)}; round {round_} needs step "
+            f"{round_ - 1}"
+        )
+    tracker = None
+    if cfg.rl.stat_tracking_buffer:
+        tracker = PerPromptStatTracker(cfg.rl.stat_tracking_buffer)
+        if state.get("tracker"):
+            tracker.load_state_dict(state["tracker"])
+    scored = score_rollout(cfg.rl, mixed_reward(cfg.rl.rewards), batch, tracker)
     scored.times["rollout"] = sum(p.sample.total_seconds for p in parts)
+    scored.info.update(shards=len(parts), score_s=round(time.perf_counter() - t0, 3))
     store.put_bytes("scored.safetensors", scored.to_bytes())
-
-    tracker = _tracker(cfg, run_root)
-    run = tracker.start_run(f"round-{round_}-score", parent_run_id or None, tags=_tags(round_, "score"))
-    rec = scored.record
-    tracker.log_metrics(
-        run,
-        {
-            "reward_mean": rec["reward_mean"],
-            "reward_std": rec["reward_std"],
-            "reward_per_task": rec["reward_per_task"],
-            "reward_components": rec["reward_components"],
-            "zero_variance_share": rec["zero_variance_share"],
-            "samples_kept": rec["samples_kept"],
-            "time": {"rollout_s": scored.times["rollout"], "score_s": time.perf_counter() - t0},
-        },
-        step=round_,
-    )
-    if cfg.tracking.log_images:
-        step_ = max(1, len(batch.images) // 32)
-        tracker.log_image(run, _grid(batch.images[::step_][:32]), key="rollout_samples", step=round_)
-    tracker.set_tags(run, {"scored_uri": uri, "shards": len(parts)})
-    tracker.end_run(run)
     record_time(cfg, run_root, f"round-{int(round_):03d}-score", start)
     return uri
 
@@ -362,17 +384,36 @@ def train_stage(
     checkpoint; structure and refinement reuse them. refinement closes the RL step (history, step counter).
     A re-run whose output checkpoint is already whole returns it: nothing saved is lost, nothing is redone.
     """
-    from htgrpo.checkpoint import read_checkpoint_file
-    from htgrpo.rl.phases import ScoredBatch
-
+    start, t0 = time.time(), time.perf_counter()
     if stage not in STAGES:
         raise PipelineError(f"stage must be one of {', '.join(STAGES)} (got {stage!r})")
-    _threads()
     cfg = load_run_config(config_json)
     out = round_uri(run_root, round_, stage)
     if checkpoint_is_whole(out, cfg.storage):
         return out
-    start, t0 = time.time(), time.perf_counter()
+    from htgrpo.checkpoint import verify_once
+
+    _threads()
+    with verify_once():
+        _train_stage(cfg, run_root, stage, checkpoint_uri, scored_uri, round_, parent_run_id, out, t0)
+    record_time(cfg, run_root, f"round-{int(round_):03d}-{stage}", start)
+    return out
+
+
+def _train_stage(
+    cfg: Config,
+    run_root: str,
+    stage: str,
+    checkpoint_uri: str,
+    scored_uri: str,
+    round_: int,
+    parent_run_id: str,
+    out: str,
+    t0: float,
+) -> None:
+    from htgrpo.checkpoint import read_checkpoint_file
+    from htgrpo.rl.phases import ScoredBatch
+
     trainer, state = _trainer_at(cfg, checkpoint_uri, round_)
     parent, name = str(scored_uri).rsplit("/", 1)
     scored = ScoredBatch.from_bytes(open_store(parent, cfg.storage).get_bytes(name))
@@ -400,8 +441,9 @@ def train_stage(
     )
     stages = dict(pending["stages"]) if pending else {}
     iterations = list(pending["iterations"]) if pending else []
+    stage_seconds = dict(pending.get("stage_seconds", {})) if pending else {}
+    inputs = {**(pending.get("inputs", {}) if pending else {}), stage: checkpoint_uri}
     upd = None
-    stage_summary: dict[str, Any] = {}
     if scored.skip is None:
         upd = trainer.prepare_update(scored)
         if first:
@@ -414,39 +456,96 @@ def train_stage(
         stages.update(summary)
         iterations += its
         times["update"] += seconds
-        stage_summary = summary.get(stage, {})
+    stage_seconds[stage] = round(time.perf_counter() - t0, 3)  # loading and updating (saving comes next)
     if last:
         record = trainer.finish_update(scored, upd, stages, iterations, times)
         trainer.save_to(out)
+        _log_round(
+            cfg, run_root, round_, parent_run_id, scored, stages, iterations, stage_seconds, inputs, record
+        )
     else:
-        record = None
         pending = {
             "step": round_,
             "done": [*done_before, stage],
             "times": times,
             "stages": stages,
             "iterations": iterations,
+            "stage_seconds": stage_seconds,
+            "inputs": inputs,
         }
         files = {LOG_PROBS_FILE: upd.log_probs_to_bytes()} if upd is not None else {}
         trainer.save_to(out, extra_state={"pending": pending}, extra_files=files)
 
+
+def _log_round(
+    cfg: Config,
+    run_root: str,
+    round_: int,
+    parent_run_id: str,
+    scored,
+    stages: dict[str, Any],
+    iterations: list[dict[str, Any]],
+    stage_seconds: dict[str, float],
+    inputs: dict[str, str],
+    record: dict[str, Any],
+) -> None:
+    """A round's four MLflow runs, logged by its last step: ``round-N-score`` (rewards per task and component,
+    rollout grid) and ``round-N-global|structure|refinement`` (stage statistics, inner iterations, checkpoint
+    URIs). One MLflow client per round instead of one per step; everything comes from the scored batch and the
+    ``pending`` state the stage checkpoints carry."""
+    if not cfg.tracking.enabled:
+        return
     tracker = _tracker(cfg, run_root)
-    run = tracker.start_run(f"round-{round_}-{stage}", parent_run_id or None, tags=_tags(round_, stage))
-    metrics: dict[str, Any] = {"stage": stage_summary, "time": {"stage_s": time.perf_counter() - t0}}
-    if record is not None:
-        metrics.update(
-            reward_mean=record.get("reward_mean"),
-            reward_std=record.get("reward_std"),
-            reward_per_task=record.get("reward_per_task"),
-            times=record.get("times"),
-        )
-    tracker.log_metrics(run, metrics, step=round_)
-    for k, it in enumerate(i for i in iterations if i["stage"] == stage):
-        tracker.log_metrics(run, {"iteration": {kk: v for kk, v in it.items() if kk != "stage"}}, step=k)
-    tracker.set_tags(run, {"checkpoint_uri": out, "input_checkpoint_uri": checkpoint_uri})
+    parent = parent_run_id or None
+    rec = scored.record
+    run = tracker.start_run(f"round-{round_}-score", parent, tags=_tags(round_, "score"))
+    tracker.log_metrics(
+        run,
+        {
+            "reward_mean": rec["reward_mean"],
+            "reward_std": rec["reward_std"],
+            "reward_per_task": rec["reward_per_task"],
+            "reward_components": rec["reward_components"],
+            "zero_variance_share": rec["zero_variance_share"],
+            "samples_kept": rec["samples_kept"],
+            "time": {"rollout_s": scored.times.get("rollout"), "score_s": scored.info.get("score_s")},
+        },
+        step=round_,
+    )
+    images = scored.rollout.images
+    if cfg.tracking.log_images and len(images):
+        step_ = max(1, len(images) // 32)
+        tracker.log_image(run, _grid(images[::step_][:32]), key="rollout_samples", step=round_)
+    tracker.set_tags(
+        run,
+        {
+            "scored_uri": round_uri(run_root, round_, "scored.safetensors"),
+            "shards": scored.info.get("shards", 1),
+        },
+    )
     tracker.end_run(run)
-    record_time(cfg, run_root, f"round-{int(round_):03d}-{stage}", start)
-    return out
+    for stage in STAGES:
+        run = tracker.start_run(f"round-{round_}-{stage}", parent, tags=_tags(round_, stage))
+        metrics: dict[str, Any] = {
+            "stage": stages.get(stage, {}),
+            "time": {"stage_s": stage_seconds.get(stage)},
+        }
+        if stage == STAGES[-1]:
+            metrics.update(
+                reward_mean=record.get("reward_mean"),
+                reward_std=record.get("reward_std"),
+                reward_per_task=record.get("reward_per_task"),
+                times=record.get("times"),
+            )
+        tracker.log_metrics(run, metrics, step=round_)
+        for k, it in enumerate(i for i in iterations if i["stage"] == stage):
+            tracker.log_metrics(run, {"iteration": {kk: v for kk, v in it.items() if kk != "stage"}}, step=k)
+        tags = {
+            "checkpoint_uri": round_uri(run_root, round_, stage),
+            "input_checkpoint_uri": inputs.get(stage, ""),
+        }
+        tracker.set_tags(run, tags)
+        tracker.end_run(run)
 
 
 # --- evaluate and register -----------------------------------------------------------------------------------
@@ -456,6 +555,7 @@ def evaluate(
     config_json: str, run_root: str, checkpoint_uri: str, name: str, parent_run_id: str
 ) -> dict[str, Any]:
     """The shapes benchmark (``eval`` section) of a checkpoint; writes eval/NAME.json; returns its metrics."""
+    start = time.time()
     from htgrpo.checkpoint import load_checkpoint
     from htgrpo.evaluate import evaluate_shapes
     from htgrpo.world.grammar import TASKS
@@ -466,7 +566,6 @@ def evaluate(
     if store.exists(f"{name}.json"):
         report = json.loads(store.get_bytes(f"{name}.json"))
     else:
-        start = time.time()
         backbone, _ = load_checkpoint(checkpoint_uri, cfg)
         report, images, _ = evaluate_shapes(backbone, cfg, progress=False)
         report["checkpoint"] = checkpoint_uri

@@ -13,11 +13,37 @@ Where things are:
 
 from __future__ import annotations
 
-from htgrpo.rl.advantages import group_advantages
-from htgrpo.rl.hierarchy import hca_weights, partition_order, partition_tokens
-from htgrpo.rl.loss import grpo_loss, policy_log_probs, token_log_probs
-from htgrpo.rl.rewards import get_reward, mixed_reward, register_reward
-from htgrpo.rl.trainer import GRPOTrainer
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from htgrpo.rl.advantages import group_advantages
+    from htgrpo.rl.hierarchy import hca_weights, partition_order, partition_tokens
+    from htgrpo.rl.loss import grpo_loss, policy_log_probs, token_log_probs
+    from htgrpo.rl.rewards import get_reward, mixed_reward, register_reward
+    from htgrpo.rl.trainer import GRPOTrainer
+
+# imported on first use, so that ``htgrpo.rl.rewards`` (the pipeline's reward step) loads without torch
+_EXPORTS = {
+    "GRPOTrainer": "trainer",
+    "get_reward": "rewards",
+    "group_advantages": "advantages",
+    "grpo_loss": "loss",
+    "hca_weights": "hierarchy",
+    "mixed_reward": "rewards",
+    "partition_order": "hierarchy",
+    "partition_tokens": "hierarchy",
+    "policy_log_probs": "loss",
+    "register_reward": "rewards",
+    "token_log_probs": "loss",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"htgrpo.rl.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'htgrpo.rl' has no attribute {name!r}")
+
 
 __all__ = [
     "GRPOTrainer",

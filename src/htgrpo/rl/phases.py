@@ -4,48 +4,90 @@
 steps, entropies) and the decoded images. ``ScoredBatch``: the whole step's rollouts, concatenated in shard order,
 with rewards, advantages and the samples kept for the update. Both serialise to one safetensors blob
 (``to_bytes`` / ``from_bytes``), written to the run's store by the pipeline components.
+
+Reading with ``arrays=True`` keeps every tensor a numpy array (``Trajectories`` instead of a ``SampleResult``), so
+the reward step scores a rollout without importing torch; the blobs are the same either way.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
 
-from htgrpo.sampling.result import SampleResult
 from htgrpo.world.grammar import Metadata
+
+if TYPE_CHECKING:
+    from htgrpo.sampling.result import SampleResult
 
 _TRAJ = ("codes", "commit_step", "entropy_commit", "entropy0")
 
 
-def _pack(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> bytes:
+def _np(x: Any) -> np.ndarray:
+    """A CPU numpy view of a numpy array or a torch tensor."""
+    if isinstance(x, np.ndarray):
+        return np.ascontiguousarray(x)
+    return x.detach().cpu().contiguous().numpy()
+
+
+def _pack(tensors: dict[str, Any], meta: dict[str, Any]) -> bytes:
+    from safetensors.numpy import save
+
     blob = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8).copy()
-    return save_tensors(
-        {**{k: v.contiguous() for k, v in tensors.items()}, "__meta__": torch.from_numpy(blob)}
-    )
+    return save({**{k: _np(v) for k, v in tensors.items()}, "__meta__": blob})
 
 
-def _unpack(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors = load_tensors(data)
-    meta = json.loads(tensors.pop("__meta__").numpy().tobytes().decode())
+def _unpack(data: bytes, arrays: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The tensors (numpy arrays when ``arrays``, else torch tensors) and the JSON metadata of a blob."""
+    if arrays:
+        from safetensors.numpy import load
+    else:
+        from safetensors.torch import load
+    tensors = load(data)
+    meta = json.loads(_np(tensors.pop("__meta__")).tobytes().decode())
     return tensors, meta
 
 
 _SAMPLE_SCALARS = ("forward_passes", "model_seconds", "total_seconds")
 
 
-def _sample_meta(sample: SampleResult) -> dict:
+@dataclass
+class Trajectories:
+    """A ``SampleResult``'s tensors as numpy arrays: what scoring carries along without torch."""
+
+    codes: np.ndarray
+    commit_step: np.ndarray
+    entropy_commit: np.ndarray
+    entropy0: np.ndarray
+    forward_passes: int
+    model_seconds: float
+    total_seconds: float
+
+    def __len__(self) -> int:
+        return self.codes.shape[0]
+
+
+def _sample_meta(sample: SampleResult | Trajectories) -> dict:
     """The scalar fields of a SampleResult, stored beside its tensors."""
     return {k: getattr(sample, k) for k in _SAMPLE_SCALARS}
 
 
-def _sample_from(tensors: dict, meta: dict) -> SampleResult:
+def _sample_from(tensors: dict, meta: dict, arrays: bool = False) -> SampleResult | Trajectories:
+    if arrays:
+        return Trajectories(**{k: tensors[k] for k in _TRAJ}, **{k: meta[k] for k in _SAMPLE_SCALARS})
+    from htgrpo.sampling.result import SampleResult
+
     return SampleResult(**{k: tensors[k] for k in _TRAJ}, **{k: meta[k] for k in _SAMPLE_SCALARS})
+
+
+def _cat(xs: list[Any]) -> Any:
+    if isinstance(xs[0], np.ndarray):
+        return np.concatenate(xs)
+    import torch
+
+    return torch.cat(xs)
 
 
 @dataclass
@@ -65,8 +107,8 @@ class RolloutBatch:
 
     def to_bytes(self) -> bytes:
         s = self.sample
-        tensors = {k: getattr(s, k).cpu() for k in _TRAJ}
-        tensors["images"] = torch.from_numpy(np.ascontiguousarray(self.images))
+        tensors = {k: getattr(s, k) for k in _TRAJ}
+        tensors["images"] = self.images
         meta = {
             "kind": "rollout",
             "step": self.step,
@@ -78,12 +120,14 @@ class RolloutBatch:
         return _pack(tensors, meta)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> RolloutBatch:
-        t, meta = _unpack(data)
+    def from_bytes(cls, data: bytes, *, arrays: bool = False) -> RolloutBatch:
+        """``arrays``: numpy trajectories (``Trajectories``), no torch."""
+        t, meta = _unpack(data, arrays)
         if meta.get("kind") != "rollout":
             raise ValueError("not a rollout batch")
-        sample = _sample_from(t, meta)
-        return cls(meta["step"], meta["shard"], meta["shards"], meta["metas"], sample, t["images"].numpy())
+        sample = _sample_from(t, meta, arrays)
+        images = _np(t["images"])
+        return cls(meta["step"], meta["shard"], meta["shards"], meta["metas"], sample, images)
 
     @classmethod
     def concat(cls, parts: list[RolloutBatch]) -> RolloutBatch:
@@ -99,8 +143,8 @@ class RolloutBatch:
             )
         if len(parts) == 1:
             return parts[0]
-        sample = SampleResult(
-            **{k: torch.cat([getattr(p.sample, k) for p in parts]) for k in _TRAJ},
+        sample = type(parts[0].sample)(
+            **{k: _cat([getattr(p.sample, k) for p in parts]) for k in _TRAJ},
             forward_passes=parts[0].sample.forward_passes,
             model_seconds=sum(p.sample.model_seconds for p in parts),
             total_seconds=sum(p.sample.total_seconds for p in parts),
@@ -129,16 +173,19 @@ class ScoredBatch:
     times: dict[str, float] = field(default_factory=dict)
     skip: str | None = None
     """Why the step has nothing to update (every group skipped or zero-variance), else None."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """Facts about how the batch was made (the pipeline's shard count, the scoring step's time), not in the step
+    record."""
 
     def to_bytes(self) -> bytes:
         r = self.rollout
-        tensors = {k: getattr(r.sample, k).cpu() for k in _TRAJ}
-        tensors["images"] = torch.from_numpy(np.ascontiguousarray(r.images))
-        tensors["rewards"] = torch.from_numpy(np.asarray(self.rewards, dtype=np.float64))
-        tensors["advantages"] = torch.from_numpy(np.asarray(self.advantages, dtype=np.float64))
-        tensors["keep"] = torch.from_numpy(np.asarray(self.keep, dtype=bool))
+        tensors = {k: getattr(r.sample, k) for k in _TRAJ}
+        tensors["images"] = r.images
+        tensors["rewards"] = np.asarray(self.rewards, dtype=np.float64)
+        tensors["advantages"] = np.asarray(self.advantages, dtype=np.float64)
+        tensors["keep"] = np.asarray(self.keep, dtype=bool)
         for k, v in self.components.items():
-            tensors[f"component.{k}"] = torch.from_numpy(np.asarray(v, dtype=np.float64))
+            tensors[f"component.{k}"] = np.asarray(v, dtype=np.float64)
         meta = {
             "kind": "scored",
             "step": r.step,
@@ -148,28 +195,30 @@ class ScoredBatch:
             "tracker_state": self.tracker_state,
             "times": self.times,
             "skip": self.skip,
+            "info": self.info,
         }
         return _pack(tensors, meta)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> ScoredBatch:
-        t, meta = _unpack(data)
+    def from_bytes(cls, data: bytes, *, arrays: bool = False) -> ScoredBatch:
+        t, meta = _unpack(data, arrays)
         if meta.get("kind") != "scored":
             raise ValueError("not a scored rollout batch")
-        sample = _sample_from(t, meta)
-        rollout = RolloutBatch(meta["step"], 0, 1, meta["metas"], sample, t["images"].numpy())
-        comps = {k.removeprefix("component."): v.numpy() for k, v in t.items() if k.startswith("component.")}
+        sample = _sample_from(t, meta, arrays)
+        rollout = RolloutBatch(meta["step"], 0, 1, meta["metas"], sample, _np(t["images"]))
+        comps = {k.removeprefix("component."): _np(v) for k, v in t.items() if k.startswith("component.")}
         return cls(
             rollout,
-            t["rewards"].numpy(),
+            _np(t["rewards"]),
             comps,
-            t["advantages"].numpy(),
-            t["keep"].numpy(),
+            _np(t["advantages"]),
+            _np(t["keep"]),
             meta["record"],
             meta["tracker_state"],
             meta["times"],
             meta.get("skip"),
+            meta.get("info") or {},
         )
 
 
-__all__ = ["RolloutBatch", "ScoredBatch"]
+__all__ = ["RolloutBatch", "ScoredBatch", "Trajectories"]

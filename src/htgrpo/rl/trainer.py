@@ -53,6 +53,7 @@ from htgrpo.checkpoint import (
     read_checkpoint_file,
     save_checkpoint,
     verify_checkpoint,
+    verify_once,
 )
 from htgrpo.config import Config, config_to_dict
 from htgrpo.distributed import (
@@ -63,11 +64,12 @@ from htgrpo.distributed import (
     broadcast_parameters,
 )
 from htgrpo.errors import CheckpointError, ConfigError, HtgrpoError, PromptError
-from htgrpo.rl.advantages import PerPromptStatTracker, group_advantages
+from htgrpo.rl.advantages import PerPromptStatTracker
 from htgrpo.rl.estimators import IterationPlan, RolloutRecord, build_estimator
 from htgrpo.rl.loss import LossOutput, grpo_loss, policy_log_probs
 from htgrpo.rl.phases import RolloutBatch, ScoredBatch
 from htgrpo.rl.rewards import mixed_reward
+from htgrpo.rl.scoring import score_rollout
 from htgrpo.sampling import sample
 from htgrpo.sampling.core import model_device
 from htgrpo.world.dataset import draw_prompts, splits_for
@@ -326,7 +328,7 @@ class GRPOTrainer:
             self.reference = reference.eval().requires_grad_(False)
         # every rank starts from rank 0's trainable weights (LoRA adapters are initialised at random)
         broadcast_parameters(self.dist, [p for p in policy.parameters() if p.requires_grad])
-        self.optimizer = build_optimizer(policy, cfg)
+        self._optimizer: torch.optim.Optimizer | None = None  # built on first use (see ``optimizer``)
         self.tracker = (
             PerPromptStatTracker(self.rl.stat_tracking_buffer) if self.rl.stat_tracking_buffer else None
         )
@@ -348,6 +350,14 @@ class GRPOTrainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._write_config()
             (self.run_dir / METRICS).write_text("")
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """AdamW over the policy's trainable parameters, built on first use: a process that only rolls out never
+        builds one (torch imports its compiler stack with the first optimizer)."""
+        if self._optimizer is None:
+            self._optimizer = build_optimizer(self.policy, self.cfg)
+        return self._optimizer
 
     # --- one RL step ------------------------------------------------------------------------------------
     def _seed(self, purpose: str) -> int:
@@ -402,75 +412,13 @@ class GRPOTrainer:
 
     def score(self, batch: RolloutBatch) -> ScoredBatch:
         """Rewards and group advantages of a step's rollout (updates the per-prompt statistics, if any)."""
-        rl = self.rl
-        t0 = time.perf_counter()
-        rewards = self.reward(batch.images, batch.texts, batch.metas)
-        total, components, texts, metas, lo = (
-            rewards.total,
-            dict(rewards.components),
-            batch.texts,
-            batch.metas,
-            0,
-        )
+        gather = None
         if self.dist.enabled:  # every rank scores the whole step: global advantages, statistics and record
-            parts = all_gather_objects(self.dist, (total, components, texts, metas))
-            lo = sum(len(part[0]) for part in parts[: self.dist.rank])
-            total = np.concatenate([part[0] for part in parts])
-            components = {k: np.concatenate([part[1][k] for part in parts]) for k in components}
-            texts = [t for part in parts for t in part[2]]
-            metas = [m for part in parts for m in part[3]]
-        mine = slice(lo, lo + len(batch.texts))
-        adv = group_advantages(
-            total,
-            rl.group_size,
-            rl.advantage_clip,
-            tracker=self.tracker,
-            prompts=texts,
-            drop_zero_variance=rl.drop_zero_variance_groups,
-        )
-        seconds = time.perf_counter() - t0
-        finite = np.isfinite(total)
-        record_out: dict[str, Any] = {
-            "step": batch.step,
-            "images_sampled": batch.step * len(texts),
-            "reward_mean": _round(float(total[finite].mean())) if finite.any() else None,
-            "reward_std": _round(float(total[finite].std())) if finite.any() else None,
-            "reward_per_task": self._per_task(total, metas),
-            "reward_components": {
-                k: _round(float(np.nanmean(v))) if np.isfinite(v).any() else None
-                for k, v in components.items()
-            },
-            "nonfinite_rewards": adv.nonfinite,
-            "groups_skipped": adv.groups_skipped,
-            "zero_variance_share": _round(adv.zero_variance_share, 4),
-            "samples_kept": int(adv.keep.sum()),
-            "forward_passes_per_sample": {"rollout": batch.sample.forward_passes},
-        }
-        if adv.nonfinite:
-            warnings.warn(
-                f"RL step {batch.step}: dropped {adv.nonfinite} non-finite reward(s); "
-                f"{adv.groups_skipped} group(s) left with < 2 valid samples were skipped",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        skip = None
-        if not adv.keep.any():
-            skip = (
-                "every group was skipped (non-finite rewards)"
-                if adv.groups_skipped == adv.groups
-                else "no sample left to update (zero-variance groups dropped)"
-            )
-        return ScoredBatch(
-            batch,
-            rewards.total,
-            dict(rewards.components),
-            adv.advantages[mine],
-            adv.keep[mine],
-            record_out,
-            self.tracker.state_dict() if self.tracker else None,
-            {"reward": seconds},
-            skip,
-        )
+
+            def gather(part: tuple) -> list[tuple]:
+                return all_gather_objects(self.dist, part)
+
+        return score_rollout(self.rl, self.reward, batch, self.tracker, rank=self.dist.rank, gather=gather)
 
     def prepare_update(self, scored: ScoredBatch) -> UpdateBatch:
         """The K iteration plans of a scored batch (drawn from the step's seed), without log-probs yet.
@@ -687,14 +635,6 @@ class GRPOTrainer:
         gen = torch.Generator().manual_seed(derive_seed(self.rl.seed, self.step, "plans", self.dist.rank))
         return self.estimator.build_plans(record, gen), record
 
-    @staticmethod
-    def _per_task(total: np.ndarray, metas: list[Metadata]) -> dict[str, float | None]:
-        by: dict[str, list[float]] = defaultdict(list)
-        for r, m in zip(total, metas, strict=True):
-            if math.isfinite(r):
-                by[m["tag"]].append(float(r))
-        return {t: _round(float(np.mean(by[t])), 4) for t in TASKS if t in by}
-
     def _finish_step(self, record: dict[str, Any]) -> dict[str, Any]:
         self.step += 1
         if self.rl.eval_every and self.step % self.rl.eval_every == 0 and self.dist.is_main:
@@ -904,12 +844,13 @@ class GRPOTrainer:
 
         Returns the trainer and the saved trainer state ({} for a base checkpoint).
         """
-        meta = verify_checkpoint(uri, cfg.storage)
-        names = set(_manifest_files(uri, cfg))
-        if TRAINER_STATE not in names:
-            return cls(cfg, init_policy(cfg, uri, meta), prompts=prompts, progress=progress), {}
-        state = json.loads(read_checkpoint_file(uri, TRAINER_STATE, cfg.storage))
-        return cls._restore(cfg, uri, state, None, prompts=prompts, progress=progress), state
+        with verify_once():  # the checkpoint is hashed once, though each of its files is read separately
+            meta = verify_checkpoint(uri, cfg.storage)
+            names = set(_manifest_files(uri, cfg))
+            if TRAINER_STATE not in names:
+                return cls(cfg, init_policy(cfg, uri, meta), prompts=prompts, progress=progress), {}
+            state = json.loads(read_checkpoint_file(uri, TRAINER_STATE, cfg.storage))
+            return cls._restore(cfg, uri, state, None, prompts=prompts, progress=progress), state
 
 
 def _manifest_files(uri: str | Path, cfg: Config) -> list[str]:

@@ -32,11 +32,15 @@ def _verify(directory: Path) -> dict[str, Any]:
 
 
 def upload_checkpoint_dir(
-    local_dir: str | Path, uri: str, storage: StorageConfig | None = None
+    local_dir: str | Path, uri: str, storage: StorageConfig | None = None, *, verify: bool = True
 ) -> dict[str, Any]:
-    """Upload a whole local checkpoint to ``uri``: its files, then its manifest. Returns bytes and seconds."""
+    """Upload a whole local checkpoint to ``uri``: its files, then its manifest. Returns bytes and seconds.
+
+    ``verify=False`` skips hashing the local files first (the caller has just written them and their manifest).
+    """
     local_dir = Path(local_dir)
-    _verify(local_dir)
+    if verify:
+        _verify(local_dir)
     manifest = json.loads((local_dir / MANIFEST).read_text())
     store = open_store(uri, storage)
     start = time.perf_counter()
@@ -78,11 +82,7 @@ def fetch_checkpoint(uri: str | Path, storage: StorageConfig | None = None) -> P
         files = json.loads(manifest_bytes)["files"]
     except (json.JSONDecodeError, KeyError, TypeError):
         raise CheckpointError(f"checkpoint {uri}: {MANIFEST} is not a valid manifest") from None
-    tag = (
-        hashlib.sha256(str(uri).encode()).hexdigest()[:12]
-        + "-"
-        + hashlib.sha256(manifest_bytes).hexdigest()[:12]
-    )
+    tag = _cache_tag(uri, manifest_bytes)
     cache = Path(storage.cache_dir)
     final = cache / tag
     cache.mkdir(parents=True, exist_ok=True)
@@ -91,6 +91,62 @@ def fetch_checkpoint(uri: str | Path, storage: StorageConfig | None = None) -> P
     with open(cache / f".{tag}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return _fetch_locked(uri, store, files, manifest_bytes, cache, final, tag)
+
+
+def _cache_tag(uri: str | Path, manifest_bytes: bytes) -> str:
+    """The cache directory name of a stored checkpoint: its URI and its manifest (hence its content)."""
+    return (
+        hashlib.sha256(str(uri).encode()).hexdigest()[:12]
+        + "-"
+        + hashlib.sha256(manifest_bytes).hexdigest()[:12]
+    )
+
+
+def cache_checkpoint_copy(local_dir: str | Path, uri: str, storage: StorageConfig | None = None) -> Path:
+    """Move a whole local checkpoint just uploaded to ``uri`` into the cache where ``fetch_checkpoint`` looks for
+    it, so that reading it back in this process or on this machine downloads nothing. Returns the cached copy."""
+    local_dir = Path(local_dir)
+    storage = storage or StorageConfig(uri=str(uri))
+    manifest_bytes = (local_dir / MANIFEST).read_bytes()
+    tag = _cache_tag(uri, manifest_bytes)
+    cache = Path(storage.cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    final = cache / tag
+    with open(cache / f".{tag}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / MANIFEST).is_file() and (final / MANIFEST).read_bytes() == manifest_bytes:
+            return final  # the same content is already there (its files are verified when it is read)
+        if final.exists():
+            shutil.rmtree(final, ignore_errors=True)
+        try:
+            local_dir.rename(final)
+        except OSError:  # another file system: copy
+            shutil.copytree(local_dir, final)
+    return final
+
+
+def read_verified_object(uri: str, name: str, storage: StorageConfig | None = None) -> bytes | None:
+    """One file of the checkpoint at ``uri``, checked against the manifest's size and sha256, without fetching or
+    hashing the others; None when the manifest does not list ``name``."""
+    store = open_store(str(uri), storage)
+    try:
+        files = json.loads(store.get_bytes(MANIFEST))["files"]
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"checkpoint {uri} is incomplete or missing: it has no {MANIFEST} (was its writer killed?)"
+        ) from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise CheckpointError(f"checkpoint {uri}: {MANIFEST} is not a valid manifest") from None
+    if name not in files:
+        return None
+    try:
+        data = store.get_bytes(name)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {uri}: {name} is listed in the manifest but missing") from None
+    info = files[name]
+    if len(data) != int(info["bytes"]) or hashlib.sha256(data).hexdigest() != info["sha256"]:
+        raise CheckpointError(f"checkpoint {uri}: {name} does not match its sha256 in the manifest (corrupt)")
+    return data
 
 
 def _fetch_locked(uri, store, files, manifest_bytes: bytes, cache: Path, final: Path, tag: str) -> Path:
@@ -138,9 +194,11 @@ def latest_whole_checkpoint(prefix_uri: str, storage: StorageConfig | None = Non
 
 
 __all__ = [
+    "cache_checkpoint_copy",
     "checkpoint_is_whole",
     "fetch_checkpoint",
     "latest_whole_checkpoint",
     "list_checkpoints",
+    "read_verified_object",
     "upload_checkpoint_dir",
 ]
