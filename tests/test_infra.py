@@ -99,8 +99,10 @@ def test_training_runtime_runs_htgrpo_train_on_the_gpu_pool(kustomize):
     env = {e["name"]: e for e in c["env"]}
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD"):
         assert "secretKeyRef" in env[name]["valueFrom"], name
-    example = load_docs((INFRA / "examples" / "trainjob.yaml").read_text())[0]
-    assert example["kind"] == "TrainJob" and example["spec"]["runtimeRef"]["name"] == rt["metadata"]["name"]
+    for path in sorted((INFRA / "trainer").glob("trainjob-*.yaml")):
+        example = load_docs(path.read_text())[0]
+        assert example["kind"] == "TrainJob", path
+        assert example["spec"]["runtimeRef"]["name"] == rt["metadata"]["name"], path
 
 
 def test_s3_compatible_overlay_gives_the_trainer_the_same_endpoint(kustomize):

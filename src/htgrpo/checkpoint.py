@@ -287,23 +287,7 @@ def load_checkpoint(
     backbone = TinyBackbone(saved_cfg.backbone, tokenizer, meta["backbone"]["grid"])
     if backbone.text.tokens != meta["backbone"]["text_vocab"]:
         raise CheckpointError(f"checkpoint {d}: its text vocabulary differs from this version's")
-    state = load_file(str(d / "model.safetensors"))
-    own = backbone.state_dict()
-    bad = [
-        f"{k}: checkpoint {list(v.shape)} vs model {list(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and own[k].shape != v.shape
-    ]
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if bad or missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint {d}: weights do not fit the backbone (vocabulary or codebook size mismatch?): "
-            + "; ".join(
-                bad[:5] + [f"missing {m}" for m in missing[:5]] + [f"unexpected {u}" for u in unexpected[:5]]
-            )
-        )
-    backbone.load_state_dict(state, strict=True)
+    backbone.load_checkpoint_tensors(load_file(str(d / "model.safetensors")), f"checkpoint {d}")
     backbone.eval()
     return backbone, saved_cfg
 

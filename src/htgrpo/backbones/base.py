@@ -230,7 +230,7 @@ class Backbone(nn.Module, ABC):
             from htgrpo.errors import CheckpointError
 
             raise CheckpointError(
-                f"{source}: weights do not fit the backbone: "
+                f"{source}: weights do not fit the backbone (vocabulary or codebook size mismatch?): "
                 + "; ".join(
                     bad[:5]
                     + [f"missing {m}" for m in missing[:5]]
