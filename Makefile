@@ -112,4 +112,5 @@ clean:
 	rm -rf $(OUT) .pytest_cache .ruff_cache
 
 bench-methods: $(STAMP)
-	$(PY) benchmarks/compare_methods.py --init $(CHECKPOINT) --out benchmarks/results/compare_methods
+	$(PY) benchmarks/compare_methods.py --init $(CHECKPOINT) --out benchmarks/results/compare_methods \
+		--notes benchmarks/notes/compare_methods.md
