@@ -317,3 +317,27 @@ def test_interrupt_during_save_is_cleaned_up(cfg, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(tmp_path / "ckpt", make_backbone(cfg), cfg)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_once_hashes_each_file_once_and_still_sees_changes(saved, cfg, monkeypatch):
+    """Inside ``verify_once`` repeated verifications (trainer state, weights, reference, ... of one step) reuse
+    the first hash; a file whose size, time or inode changes is hashed again, and damage is still found."""
+    from htgrpo.checkpoint import verify_once
+
+    path, _ = saved
+    hashed = []
+    real = checkpoint_module.sha256_file
+    monkeypatch.setattr(checkpoint_module, "sha256_file", lambda p: hashed.append(p.name) or real(p))
+    with verify_once():
+        for _ in range(3):
+            assert verify_checkpoint(path)["extra"] == {"step": 7}
+        load_checkpoint(path, cfg)
+        assert sorted(hashed) == sorted(FILES)
+        tok = path / "image_tokenizer.safetensors"
+        tok.write_bytes(tok.read_bytes()[:-10])
+        with pytest.raises(CheckpointError, match="image_tokenizer.safetensors .*corrupt"):
+            verify_checkpoint(path)
+    hashed.clear()
+    with pytest.raises(CheckpointError):  # outside the block every call hashes
+        verify_checkpoint(path)
+    assert hashed

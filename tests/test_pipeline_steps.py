@@ -150,3 +150,83 @@ def test_evaluate_and_register_with_embedded_mlflow(tmp_path):
     runs = client.search_runs([client.get_run(parent).info.experiment_id])
     names = {r.info.run_name for r in runs}
     assert {"run-3", "evaluate-base"} <= names
+
+
+def test_score_step_loads_neither_torch_nor_the_backbone(tmp_path):
+    """The reward step imports only the reward functions: a fresh process scores a round without torch, and
+    gets what the trainer's own ``score`` gets."""
+    import subprocess
+    import sys
+
+    from htgrpo.rl.phases import RolloutBatch, ScoredBatch
+
+    cfg, base, text = base_and_config(tmp_path, {"geneval_partial": 1.0})
+    prep = steps.prepare_data(text, [], str(base), "run-4", 1, 1, storage_uri=f"file://{tmp_path}/store")
+    cj, root, ckpt = prep["config_json"], prep["run_root"], prep["init_checkpoint"]
+    shard = steps.rollout(cj, root, ckpt, 1, 0, 1)
+    code = (
+        "import sys, json\n"
+        "from htgrpo.pipeline import steps\n"
+        "a = json.loads(sys.argv[1])\n"
+        "print(steps.score_rewards(a['cj'], a['root'], a['ckpt'], 1, [a['shard']], ''))\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'mlflow', 'htgrpo.backbones.tiny') if m in sys.modules)))\n"
+    )
+    args = json.dumps({"cj": cj, "root": root, "ckpt": ckpt, "shard": shard})
+    out = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, check=True)
+    uri, loaded = out.stdout.strip().splitlines()[-2:]
+    assert json.loads(loaded) == []
+    scored = ScoredBatch.from_bytes((tmp_path / uri.removeprefix(f"file://{tmp_path}/")).read_bytes())
+    trainer, _ = GRPOTrainer.from_checkpoint(steps.load_run_config(cj), ckpt)
+    batch = RolloutBatch.from_bytes((tmp_path / shard.removeprefix(f"file://{tmp_path}/")).read_bytes())
+    direct = trainer.score(batch)
+    assert scored.record == direct.record and scored.skip == direct.skip
+    assert (scored.advantages == direct.advantages).all() and (scored.keep == direct.keep).all()
+    assert torch.equal(scored.rollout.sample.codes, batch.sample.codes)
+    assert scored.info["shards"] == 1 and len(scored.rollout.images) == 0  # the stages need no images
+    rows = steps.read_timings(root, steps.load_run_config(cj))
+    score_row = next(r for r in rows if r["step"] == "round-001-score")
+    assert score_row["startup_s"] >= 0 and score_row["cpu_s"] > 0
+
+
+def test_round_runs_are_logged_by_its_last_step(tmp_path, varied_reward, monkeypatch):
+    """score, global and structure open no MLflow client: refinement logs the round's four runs."""
+    from mlflow import MlflowClient
+
+    cfg, base, text = base_and_config(tmp_path, varied_reward, steps=1)
+    db = f"sqlite:///{tmp_path}/mlflow.db"
+    prep = steps.prepare_data(
+        text, [], str(base), "run-5", 1, 1, storage_uri=f"file://{tmp_path}/store", tracking_uri=db
+    )
+    cj, root, parent = prep["config_json"], prep["run_root"], prep["parent_run_id"]
+    opened = []
+    real_tracker = steps._tracker
+    monkeypatch.setattr(steps, "_tracker", lambda *a: opened.append(a) or real_tracker(*a))
+    ckpt = prep["init_checkpoint"]
+    shard = steps.rollout(cj, root, ckpt, 1, 0, 1)
+    scored = steps.score_rewards(cj, root, ckpt, 1, [shard], parent)
+    for stage in steps.STAGES:
+        ckpt = steps.train_stage(cj, root, stage, ckpt, scored, 1, parent)
+        assert len(opened) == (1 if stage == "refinement" else 0), stage
+    client = MlflowClient(db)
+    exp = client.get_run(parent).info.experiment_id
+    runs = {r.info.run_name: r for r in client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")}
+    assert {"round-1-score", "round-1-global", "round-1-structure", "round-1-refinement"} <= set(runs)
+    score = runs["round-1-score"]
+    assert "reward_mean" in score.data.metrics and score.data.tags["shards"] == "1"
+    assert score.data.tags["scored_uri"] == scored
+    grids = client.list_artifacts(score.info.run_id, "images")
+    assert any(a.path.startswith("images/rollout_samples") for a in grids)
+    for stage in steps.STAGES:
+        run = runs[f"round-1-{stage}"]
+        assert run.data.tags["checkpoint_uri"] == steps.round_uri(root, 1, stage)
+        assert run.data.metrics["time/stage_s"] > 0
+        assert any(k.startswith("stage/") for k in run.data.metrics), stage
+        assert client.get_metric_history(run.info.run_id, "iteration/loss"), stage
+    assert runs["round-1-structure"].data.tags["input_checkpoint_uri"] == steps.round_uri(root, 1, "global")
+    assert "reward_mean" in runs["round-1-refinement"].data.metrics
+
+
+def test_trainer_state_name_matches_the_trainer():
+    from htgrpo.rl import trainer
+
+    assert steps.TRAINER_STATE == trainer.TRAINER_STATE

@@ -153,6 +153,27 @@ def test_s3_checkpoint_round_trip_manifest_last(s3_server, s3_env, cfg, tmp_path
     assert list_checkpoints(storage.uri, storage) == [uri]
 
 
+def test_s3_save_keeps_its_local_copy_and_reads_one_file_alone(s3_server, s3_env, cfg, tmp_path, monkeypatch):
+    """The writer reads its own checkpoint back from the cache (no download); one file (a trainer state) can be
+    read and checked on its own, without fetching the weights."""
+    from htgrpo.storage import read_verified_object
+
+    storage = storage_for(s3_server, tmp_path, "cached")
+    uri = f"{storage.uri}/step-000001"
+    bb = tiny_backbone(4)
+    local = save_checkpoint(uri, bb, cfg, extra_files={"trainer_state.json": b'{"step": 1}'}, storage=storage)
+    assert local.parent == tmp_path / "cache" and (local / MANIFEST).is_file()
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".htgrpo-ckpt-")]
+    monkeypatch.setattr(S3Store, "get_file", lambda *a, **k: pytest.fail("downloaded again"))
+    loaded, _ = load_checkpoint(uri, cfg, storage=storage)
+    assert torch.equal(logits(bb), logits(loaded))
+    assert read_verified_object(uri, "trainer_state.json", storage) == b'{"step": 1}'
+    assert read_verified_object(uri, "optimizer.safetensors", storage) is None
+    open_store(uri, storage).put_bytes("trainer_state.json", b'{"step": 2}')
+    with pytest.raises(CheckpointError, match="trainer_state.json does not match"):
+        read_verified_object(uri, "trainer_state.json", storage)
+
+
 def test_s3_damage_is_detected_on_load(s3_server, s3_env, cfg, tmp_path):
     storage = storage_for(s3_server, tmp_path, "damaged")
     uri = f"{storage.uri}/step-000001"

@@ -184,3 +184,101 @@ def test_htgrpo_train_logs_each_step_to_mlflow(tmp_path, monkeypatch, capsys):
     assert run.data.tags["htgrpo.kind"] == "train" and run.data.params["rl.steps"] == "2"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "zero_variance_share")] == [1, 2]
     assert run.data.tags["checkpoint_uri"].endswith("checkpoints/step-000002")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_tracker_tries_again_after_backoff_and_replays(tmp_path, monkeypatch):
+    """An embedded store that cannot be opened (a file stands where its directory should be) is an outage:
+    calls are kept, not retried before the backoff is over, and replayed in order (runs created offline get
+    real ids) once it works."""
+    import warnings
+
+    from mlflow import MlflowClient
+
+    clock = FakeClock()
+    monkeypatch.setattr(Tracker, "clock", clock)
+    (tmp_path / "later").write_text("not a directory")
+    db = tmp_path / "later" / "mlflow.db"
+    tracker = Tracker(tracking(f"sqlite:///{db}", tmp_path, retry_backoff_s=10), tmp_path / "run")
+    with pytest.warns(RuntimeWarning, match="training goes on") as caught:
+        parent = tracker.start_run("pipeline", tags={"kfp.run_id": "abc"})
+    assert sum("training goes on" in str(w.message) for w in caught) == 1
+    assert parent.startswith("offline-") and tracker.offline
+    with warnings.catch_warnings(record=True) as later:
+        warnings.simplefilter("always")
+        child = tracker.start_run("round-1-global", parent)
+        tracker.log_metrics(child, {"reward_mean": 0.25}, step=1)
+        tracker.log_image(child, np.zeros((8, 8, 3), dtype=np.uint8), key="samples", step=1)
+        clock.now = 11  # due: still failing, next try in 20 s
+        tracker.log_metrics(child, {"reward_mean": 0.5}, step=2)
+        assert tracker.offline and tracker.pending == 5
+        db.parent.unlink()
+        clock.now = 20  # the store works now, but no try is due
+        tracker.set_tags(child, {"stage": "global"})
+        assert tracker.offline and tracker.pending == 6
+        clock.now = 32
+        tracker.end_run(child)  # replays the six kept calls, then ends the run
+    assert not [w for w in later if "training goes on" in str(w.message)]  # one warning per outage
+    assert not tracker.offline and tracker.pending == 0 and tracker.replayed == 6
+    tracker.end_run(parent)
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("htgrpo").experiment_id
+    runs = {r.info.run_name: r for r in client.search_runs([exp])}
+    assert runs["pipeline"].data.tags["kfp.run_id"] == "abc"
+    assert runs["pipeline"].info.status == "FINISHED"
+    got = runs["round-1-global"]
+    assert got.data.tags[PARENT_TAG] == runs["pipeline"].info.run_id and got.data.tags["stage"] == "global"
+    assert got.info.status == "FINISHED"
+    hist = client.get_metric_history(got.info.run_id, "reward_mean")
+    assert [(m.step, m.value) for m in hist] == [(1, 0.25), (2, 0.5)]
+    assert any(a.path.startswith("images/samples") for a in client.list_artifacts(got.info.run_id, "images"))
+    lines = [json.loads(x) for x in (tmp_path / "run/mlflow-offline/tracking.jsonl").read_text().splitlines()]
+    assert [x["kind"] for x in lines][-1] == "replayed" and lines[-1]["calls"] == 6
+
+
+@pytest.mark.slow
+def test_real_mlflow_server_outage_then_back(tmp_path, monkeypatch):
+    """A real ``mlflow server`` stopped mid-run and started again: no call waits on it while it is down (a
+    short /health probe when a try is due), and what was logged meanwhile reaches it."""
+    from mlflow import MlflowClient
+
+    clock = FakeClock()
+    monkeypatch.setattr(Tracker, "clock", clock)
+    server = MlflowServer(tmp_path / "server").start()
+    try:
+        tracker = Tracker(tracking(server.url, tmp_path, http_retries=0, http_timeout_s=3), tmp_path)
+        parent = tracker.start_run("pipeline")
+        before = tracker.start_run("round-1-global", parent)
+        tracker.log_metrics(before, {"reward_mean": 0.1}, step=1)
+        server.stop()
+        with pytest.warns(RuntimeWarning, match="training goes on"):
+            tracker.log_metrics(before, {"reward_mean": 0.2}, step=2)
+        start = time.monotonic()
+        during = tracker.start_run("round-2-global", parent)
+        for step in (3, 4):
+            clock.now += 100  # every try due: a refused /health probe each, no MLflow request
+            tracker.log_metrics(during, {"reward_mean": 0.1 * step}, step=step)
+        assert time.monotonic() - start < 15 and tracker.offline and during.startswith("offline-")
+        server.start()
+        clock.now += 1000
+        tracker.end_run(during)
+        tracker.end_run(before)
+        tracker.end_run(parent)
+        assert not tracker.offline and tracker.pending == 0
+        client = MlflowClient(server.url)
+        exp = client.get_experiment_by_name("htgrpo").experiment_id
+        runs = {r.info.run_name: r for r in client.search_runs([exp])}
+        assert [m.step for m in client.get_metric_history(before, "reward_mean")] == [1, 2]
+        replayed = runs["round-2-global"]
+        assert replayed.data.tags[PARENT_TAG] == parent and replayed.info.status == "FINISHED"
+        hist = client.get_metric_history(replayed.info.run_id, "reward_mean")
+        assert [(m.step, round(m.value, 3)) for m in hist] == [(3, 0.3), (4, 0.4)]
+    finally:
+        server.stop()

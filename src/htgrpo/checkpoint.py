@@ -32,13 +32,15 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from safetensors.torch import load_file, save_file
+
+from htgrpo.backbones.base import Backbone
+from htgrpo.backbones.tiny import TinyBackbone
 from htgrpo.config import BackboneConfig, Config, StorageConfig, config_to_dict
 from htgrpo.errors import CheckpointError
-
-if TYPE_CHECKING:  # torch and the backbones load when a checkpoint is saved or loaded, not to verify one
-    from htgrpo.backbones.base import Backbone
+from htgrpo.tokenizers.kmeans import PatchKMeansTokenizer
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -118,8 +120,6 @@ def _required_files(kind: str) -> tuple[str, ...]:
 
 
 def _describe(backbone: Backbone, kind: str) -> dict[str, Any]:
-    from htgrpo.backbones.tiny import TinyBackbone
-
     if isinstance(backbone, TinyBackbone):
         return {
             "kind": kind,
@@ -161,8 +161,6 @@ def save_checkpoint(
             return cache_checkpoint_copy(local, str(directory), storage)  # read back later without a download
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
-    from safetensors.torch import save_file
-
     for name in extra_files or {}:
         if name in RESERVED_FILES or not name or "/" in name or "\\" in name or name.startswith("."):
             raise ValueError(f"extra checkpoint file name {name!r} is reserved or not a plain file name")
@@ -273,11 +271,6 @@ def load_checkpoint(
             raise CheckpointError(f"checkpoint {d} does not match the configuration: " + "; ".join(diffs))
     if saved_cfg.backbone.kind != "tiny":
         return _load_pretrained_checkpoint(d, saved_cfg, cfg, storage)
-    from safetensors.torch import load_file
-
-    from htgrpo.backbones.tiny import TinyBackbone
-    from htgrpo.tokenizers.kmeans import PatchKMeansTokenizer
-
     tokenizer = PatchKMeansTokenizer.load(d / "image_tokenizer.safetensors")
     expected_codes = meta["backbone"]["codebook_size"]
     if tokenizer.codebook_size != expected_codes:
@@ -295,8 +288,6 @@ def load_checkpoint(
 def _load_pretrained_checkpoint(
     d: Path, saved_cfg: Config, cfg: Config | None, storage: StorageConfig | None
 ) -> tuple[Backbone, Config]:
-    from safetensors.torch import load_file
-
     from htgrpo.backbones.pretrained import load_pretrained
 
     runtime = cfg.backbone if cfg is not None else saved_cfg.backbone

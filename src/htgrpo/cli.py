@@ -167,7 +167,8 @@ def _train(args: argparse.Namespace, ctx) -> int:
     if args.steps is not None:
         overrides.append(f"rl.steps={args.steps}")
     cfg = load_config(args.config, overrides)
-    out = Path(args.out or f"runs/{cfg.rl.method}-seed{cfg.rl.seed}")
+    # a directory, file://DIR or s3://BUCKET/PREFIX
+    out = args.out or f"runs/{cfg.rl.method}-seed{cfg.rl.seed}"
     init = args.init
     if init is None and cfg.backbone.kind == "tiny":
         init = "checkpoints/base"
@@ -180,24 +181,25 @@ def _train(args: argparse.Namespace, ctx) -> int:
     if not ctx.is_main:  # the other ranks train in step and stay silent
         trainer.train()
         return 0
+    run = trainer.run
     tracker = run_id = None
     if cfg.tracking.enabled:
         from htgrpo.tracking import Tracker
 
-        tracker = Tracker(cfg.tracking, out)
-        run_id = tracker.start_pipeline_run(cfg, out.name, tags={"htgrpo.kind": "train", "run_dir": str(out)})
+        tracker = Tracker(cfg.tracking, run.local)
+        run_id = tracker.start_pipeline_run(cfg, run.name, tags={"htgrpo.kind": "train", "run_dir": str(run)})
         trainer.callbacks.append(lambda rec: tracker.log_metrics(run_id, rec, step=rec["step"]))
     history = trainer.train()
+    last = run.checkpoints()
     if tracker is not None:
-        last_ckpt = GRPOTrainer.checkpoint_dirs(out)
-        tracker.set_tags(run_id, {"checkpoint_uri": f"file://{last_ckpt[-1].resolve()}" if last_ckpt else ""})
+        uri = (str(last[-1]) if run.uri else f"file://{Path(last[-1]).resolve()}") if last else ""
+        tracker.set_tags(run_id, {"checkpoint_uri": uri})
         tracker.end_run(run_id)
     done = [h for h in history if "times" in h and "skipped" not in h]
-    last = GRPOTrainer.checkpoint_dirs(out)
     print(
         json.dumps(
             {
-                "run": str(out),
+                "run": str(run),
                 "method": cfg.rl.method,
                 "steps": trainer.step,
                 "checkpoint": str(last[-1]) if last else None,
@@ -392,7 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint to start from (and the reference); default checkpoints/base for backbone.kind=tiny, "
         "the pretrained backbone.weights for mmada/dimoo",
     )
-    p.add_argument("--out", default=None, help="run directory (default runs/METHOD-seedSEED)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="run directory, file://DIR or s3://BUCKET/PREFIX (endpoint etc. from storage.*); "
+        "default runs/METHOD-seedSEED",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--steps", type=int, default=None, help="RL steps (sets rl.steps)")
     _add_config_args(p)

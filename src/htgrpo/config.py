@@ -549,9 +549,16 @@ class TrackingConfig(_Frozen):
         description="Evaluation metric that decides promotion from alias candidate to champion (higher is better).",
     )
     http_retries: int = Field(
-        2, ge=0, description="MLflow client retries per request before the tracker falls back to local files."
+        2, ge=0, description="MLflow client retries per request before the tracker keeps calls locally."
     )
     http_timeout_s: float = Field(10.0, gt=0, description="MLflow client timeout per request.")
+    retry_backoff_s: float = Field(
+        15.0,
+        gt=0,
+        description="After MLflow failed, how long the tracker keeps calls locally before it tries MLflow again "
+        "(doubled after each failed try); when MLflow answers, the kept calls are replayed.",
+    )
+    retry_backoff_max_s: float = Field(300.0, gt=0, description="Longest wait between two tries of MLflow.")
     fallback_dir: str = Field(
         "mlflow-offline",
         description="Where metrics go (JSONL) when MLflow is unreachable; relative to the run's output directory.",

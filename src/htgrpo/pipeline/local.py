@@ -103,8 +103,14 @@ def _yaml_to_dict(data: bytes) -> dict[str, Any]:
     return yaml.safe_load(data)
 
 
+def step_kind(step: str) -> str:
+    """The component a timings row belongs to (round-001-rollout-000 -> rollout, evaluate-base, ...)."""
+    kind = step.split("-", 2)[-1] if step.startswith("round-") else step
+    return "rollout" if kind.startswith("rollout") else kind
+
+
 def format_summary(summary: dict[str, Any]) -> str:
-    """Base-vs-trained scores per task, the time split, and where to look in MLflow."""
+    """Base-vs-trained scores per task, the time split per component, and where to look in MLflow."""
     base, trained = summary["base"], summary["trained"]
     tasks = ["overall", *[t for t in TASKS if t in base]]
     lines = [
@@ -117,28 +123,47 @@ def format_summary(summary: dict[str, Any]) -> str:
     timings = summary.get("timings", [])
     if timings:
         inside = sum(r["seconds"] for r in timings)
-        lines += ["", f"wall time {summary['wall_seconds']:.1f} s; inside the steps {inside:.1f} s:"]
-        by_kind: dict[str, float] = {}
+        startup = sum(r.get("startup_s", 0.0) for r in timings)
+        lines += [
+            "",
+            f"wall time {summary['wall_seconds']:.1f} s for {len(timings)} tasks; per component (tasks summed, "
+            "some run in parallel):",
+            f"  {'component':<16} {'tasks':>5} {'inside':>9} {'start-up':>9}",
+        ]
+        by_kind: dict[str, list[float]] = {}
         for r in timings:
-            kind = r["step"].split("-", 2)[-1] if r["step"].startswith("round-") else r["step"]
-            kind = "rollout" if kind.startswith("rollout") else kind
-            by_kind[kind] = by_kind.get(kind, 0.0) + r["seconds"]
-        lines += [f"  {k:<16} {v:7.1f} s" for k, v in by_kind.items()]
+            row = by_kind.setdefault(step_kind(r["step"]), [0, 0.0, 0.0])
+            row[0] += 1
+            row[1] += r["seconds"]
+            row[2] += r.get("startup_s", 0.0)
+        lines += [f"  {k:<16} {n:>5} {s_in:>7.1f} s {s_up:>7.1f} s" for k, (n, s_in, s_up) in by_kind.items()]
         lines.append(
-            f"  {'orchestration':<16} {summary['wall_seconds'] - inside:7.1f} s (task start-up, KFP)"
+            f"  inside the steps {inside:.1f} s, task start-up (interpreter, KFP executor, imports) {startup:.1f} s"
         )
     reg = summary.get("registry") or {}
     ml = summary.get("mlflow") or {}
-    if ml.get("tracking_uri"):
+    uri = ml.get("tracking_uri")
+    if uri:
+        promoted = ", promoted to champion" if reg.get("promoted") else ""
         lines += [
             "",
-            f"MLflow: {ml['tracking_uri']} experiment {ml['experiment']!r}, parent run {ml['parent_run_id']}",
-            f"  registered model {reg.get('name')} version {reg.get('version')} "
-            f"(alias candidate{', promoted to champion' if reg.get('promoted') else ''})",
-            "  browse: make mlflow-ui (http://127.0.0.1:5000)",
+            f"MLflow: {uri}, experiment {ml['experiment']!r}, parent run {ml['parent_run_id']} (one child run per "
+            "round and stage, and per evaluation)",
+            f"  registered model {reg.get('name')} version {reg.get('version')} (alias candidate{promoted})",
         ]
+        page = (
+            f"#/experiments/{ml['experiment_id']}/runs/{ml['parent_run_id']}"
+            if ml.get("experiment_id")
+            else ""
+        )
+        if uri.startswith("sqlite:///"):
+            lines.append(
+                f"  look: make mlflow-ui MLFLOW_DB={uri[len('sqlite:///') :]}, then http://127.0.0.1:5000/{page}"
+            )
+        elif uri.startswith(("http://", "https://")):
+            lines.append(f"  look: {uri.rstrip('/')}/{page}")
     lines.append(f"run directory: {summary['run_root']}")
     return "\n".join(lines)
 
 
-__all__ = ["format_summary", "load_pipeline_module", "run_local"]
+__all__ = ["format_summary", "load_pipeline_module", "run_local", "step_kind"]

@@ -3,7 +3,8 @@
 ``RolloutBatch``: a shard of the step's prompts x G sampled images with their tokens and trajectories (commit
 steps, entropies) and the decoded images. ``ScoredBatch``: the whole step's rollouts, concatenated in shard order,
 with rewards, advantages and the samples kept for the update. Both serialise to one safetensors blob
-(``to_bytes`` / ``from_bytes``), written to the run's store by the pipeline components.
+(``to_bytes`` / ``from_bytes``), written to the run's store by the pipeline components; the pipeline's scored
+batch leaves the images out (the stages do not read them).
 
 Reading with ``arrays=True`` keeps every tensor a numpy array (``Trajectories`` instead of a ``SampleResult``), so
 the reward step scores a rollout without importing torch; the blobs are the same either way.
@@ -177,10 +178,13 @@ class ScoredBatch:
     """Facts about how the batch was made (the pipeline's shard count, the scoring step's time), not in the step
     record."""
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, images: bool = True) -> bytes:
+        """``images=False`` leaves the decoded images out (the update needs only tokens and trajectories); read
+        back, such a batch's ``rollout.images`` is empty."""
         r = self.rollout
         tensors = {k: getattr(r.sample, k) for k in _TRAJ}
-        tensors["images"] = r.images
+        if images:
+            tensors["images"] = r.images
         tensors["rewards"] = np.asarray(self.rewards, dtype=np.float64)
         tensors["advantages"] = np.asarray(self.advantages, dtype=np.float64)
         tensors["keep"] = np.asarray(self.keep, dtype=bool)
@@ -205,7 +209,8 @@ class ScoredBatch:
         if meta.get("kind") != "scored":
             raise ValueError("not a scored rollout batch")
         sample = _sample_from(t, meta, arrays)
-        rollout = RolloutBatch(meta["step"], 0, 1, meta["metas"], sample, _np(t["images"]))
+        images = _np(t["images"]) if "images" in t else np.zeros((0, 0, 0, 3), dtype=np.uint8)
+        rollout = RolloutBatch(meta["step"], 0, 1, meta["metas"], sample, images)
         comps = {k.removeprefix("component."): _np(v) for k, v in t.items() if k.startswith("component.")}
         return cls(
             rollout,

@@ -55,7 +55,7 @@ from htgrpo.checkpoint import (
     verify_checkpoint,
     verify_once,
 )
-from htgrpo.config import Config, config_to_dict
+from htgrpo.config import Config, StorageConfig, config_to_dict
 from htgrpo.distributed import (
     DistContext,
     all_gather_objects,
@@ -270,6 +270,75 @@ class StageStats:
         return out
 
 
+class RunLocation:
+    """Where a run writes: a local directory (a path or ``file://DIR``) or a store prefix (``s3://BUCKET/PREFIX``,
+    through ``htgrpo.storage``, as the pipeline's checkpoints).
+
+    A store run keeps ``config.yaml`` and ``metrics.jsonl`` in a local mirror (``storage.cache_dir/runs/...``) and
+    uploads each after every change; its checkpoints are uploaded file by file with the manifest last and read
+    back verified (``htgrpo.checkpoint``).
+    """
+
+    def __init__(self, where: str | Path, storage: StorageConfig) -> None:
+        from htgrpo.storage import open_store, split_uri
+
+        self.storage = storage
+        scheme, rest = split_uri(str(where))
+        if scheme == "s3":
+            import hashlib
+
+            self.uri: str | None = str(where).rstrip("/")
+            digest = hashlib.sha256(self.uri.encode()).hexdigest()[:16]
+            self.local = Path(storage.cache_dir) / "runs" / digest
+            self.store = open_store(self.uri, storage)
+        else:
+            self.uri = None
+            self.local = Path(rest)
+            self.store = None
+
+    def __str__(self) -> str:
+        return self.uri or str(self.local)
+
+    @property
+    def name(self) -> str:
+        return str(self).rstrip("/").rsplit("/", 1)[-1]
+
+    def checkpoint(self, step: int) -> str | Path:
+        name = f"step-{step:06d}"
+        return f"{self.uri}/{CHECKPOINTS}/{name}" if self.uri else self.local / CHECKPOINTS / name
+
+    def checkpoints(self, whole: bool = True) -> list[str | Path]:
+        """The run's checkpoints, oldest first: whole ones (with a manifest), or every started one."""
+        if self.uri is None:
+            dirs = GRPOTrainer.checkpoint_dirs(self.local)
+            return [d for d in dirs if (d / "manifest.json").is_file()] if whole else list(dirs)
+        from htgrpo.storage import list_checkpoints
+
+        if whole:
+            return list(list_checkpoints(f"{self.uri}/{CHECKPOINTS}", self.storage))
+        names = {k.split("/", 2)[1] for k in self.store.list(CHECKPOINTS) if k.count("/") >= 2}
+        return [f"{self.uri}/{CHECKPOINTS}/{n}" for n in sorted(names) if n.startswith("step-")]
+
+    def write(self, name: str, text: str, append: bool = False) -> None:
+        """Write (or append to) a small file of the run and, for a store run, upload it."""
+        self.local.mkdir(parents=True, exist_ok=True)
+        with (self.local / name).open("a" if append else "w") as fh:
+            fh.write(text)
+        if self.store is not None:
+            self.store.put_file(name, self.local / name)
+
+    def remove(self, checkpoint: str | Path) -> None:
+        """Delete an old checkpoint (in a store: its manifest first, so it never looks whole half-deleted)."""
+        if self.uri is None:
+            shutil.rmtree(checkpoint, ignore_errors=True)
+            return
+        from htgrpo.storage import open_store
+
+        store = open_store(str(checkpoint), self.storage)
+        store.delete("manifest.json")
+        store.delete_prefix("")
+
+
 class GRPOTrainer:
     """Online GRPO for every ``rl.method``; see the module docstring.
 
@@ -337,19 +406,19 @@ class GRPOTrainer:
         self.progress = progress
         self.callbacks: list[Any] = []
         """Called with each finished step's record (e.g. MLflow logging in ``htgrpo train``)."""
-        # only rank 0 writes the run directory
-        self.run_dir = Path(run_dir) if run_dir is not None and self.dist.is_main else None
-        if run_dir is not None and not _resuming:
-            existing = self.checkpoint_dirs(Path(run_dir))
+        # only rank 0 writes the run directory (a local directory, or the local mirror of a store run)
+        self.run = RunLocation(run_dir, cfg.storage) if run_dir is not None else None
+        self.run_dir = self.run.local if self.run is not None and self.dist.is_main else None
+        if self.run is not None and not _resuming:
+            existing = self.run.checkpoints(whole=False)
             if existing:
                 raise RLError(
-                    f"run directory {run_dir} already has checkpoints ({existing[-1].name}); pass --resume "
-                    "to continue that run, or choose another --out"
+                    f"run directory {self.run} already has checkpoints ({Path(str(existing[-1])).name}); pass "
+                    "--resume to continue that run, or choose another --out"
                 )
         if self.run_dir is not None and not _resuming:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             self._write_config()
-            (self.run_dir / METRICS).write_text("")
+            self.run.write(METRICS, "")
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -643,8 +712,7 @@ class GRPOTrainer:
         for callback in self.callbacks:
             callback(record)
         if self.run_dir is not None:
-            with (self.run_dir / METRICS).open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            self.run.write(METRICS, json.dumps(record) + "\n", append=True)
         return record
 
     def evaluate(self) -> dict[str, Any]:
@@ -695,9 +763,8 @@ class GRPOTrainer:
         return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
 
     def _write_config(self) -> None:
-        assert self.run_dir is not None
-        text = yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False)
-        (self.run_dir / "config.yaml").write_text(text)
+        assert self.run is not None
+        self.run.write("config.yaml", yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
 
     def state_files(self, extra_state: dict[str, Any] | None = None) -> dict[str, bytes]:
         """The extra checkpoint files of the run: optimizer, frozen reference and trainer state."""
@@ -735,30 +802,34 @@ class GRPOTrainer:
             storage=self.cfg.storage,
         )
 
-    def save(self) -> Path:
-        """Checkpoint the run at its current step (atomic); keeps the ``keep_checkpoints`` newest."""
+    def save(self) -> str | Path:
+        """Checkpoint the run at its current step (atomic; in a store, manifest last); keeps the
+        ``keep_checkpoints`` newest. Returns the checkpoint's directory or URI."""
         if self.run_dir is None:
             raise RLError("this trainer has no run directory to save into")
-        path = self.save_to(self.run_dir / CHECKPOINTS / f"step-{self.step:06d}")
+        where = self.run.checkpoint(self.step)
+        path = self.save_to(where)
         # prune whole checkpoints only; a damaged directory is left for a person to look at
-        whole = [d for d in self.checkpoint_dirs(self.run_dir) if (d / "manifest.json").is_file()]
+        whole = self.run.checkpoints()
         for old in whole[: -self.rl.keep_checkpoints]:
-            if old != path:
-                shutil.rmtree(old, ignore_errors=True)
-        return path
+            if str(old) != str(where):
+                self.run.remove(old)
+        return where if self.run.uri else path
 
     @classmethod
-    def latest_checkpoint(cls, run_dir: str | Path) -> Path:
-        """The newest whole checkpoint of a run; damaged or half-written ones are passed over with a warning."""
-        dirs = cls.checkpoint_dirs(Path(run_dir))
-        for d in reversed(dirs):
+    def latest_checkpoint(cls, run_dir: str | Path, storage: StorageConfig | None = None) -> str | Path:
+        """The newest whole checkpoint of a run (a directory, or a URI for a store run); damaged or half-written
+        ones are passed over with a warning."""
+        run = RunLocation(run_dir, storage or StorageConfig())
+        for d in reversed(run.checkpoints(whole=False)):
             try:
-                verify_checkpoint(d)
-                read_checkpoint_file(d, TRAINER_STATE)
+                with verify_once():
+                    verify_checkpoint(d, run.storage)
+                    read_checkpoint_file(d, TRAINER_STATE, run.storage)
                 return d
             except CheckpointError as exc:
                 warnings.warn(f"skipping checkpoint {d}: {exc}", RuntimeWarning, stacklevel=2)
-        raise RLError(f"nothing to resume: {Path(run_dir) / CHECKPOINTS} holds no whole checkpoint")
+        raise RLError(f"nothing to resume: {run}/{CHECKPOINTS} holds no whole checkpoint")
 
     @classmethod
     def resume(
@@ -771,9 +842,8 @@ class GRPOTrainer:
         dist: DistContext | None = None,
     ) -> GRPOTrainer:
         """Continue a run from its newest whole checkpoint, under ``cfg`` (only RESUMABLE_CHANGES may differ)."""
-        run_dir = Path(run_dir)
-        ckpt = cls.latest_checkpoint(run_dir)
-        state = json.loads(read_checkpoint_file(ckpt, TRAINER_STATE))
+        ckpt = cls.latest_checkpoint(run_dir, cfg.storage)
+        state = json.loads(read_checkpoint_file(ckpt, TRAINER_STATE, cfg.storage))
         saved_rl = state["rl"]
         now_rl = cfg.rl.model_dump(mode="json")
         diffs = [
@@ -783,13 +853,12 @@ class GRPOTrainer:
         ]
         if diffs:
             raise RLError(f"cannot resume {ckpt}: the rl settings changed: " + "; ".join(diffs))
-        trainer = cls._restore(cfg, ckpt, state, run_dir, prompts=prompts, progress=progress, dist=dist)
+        with verify_once():
+            trainer = cls._restore(cfg, ckpt, state, run_dir, prompts=prompts, progress=progress, dist=dist)
         if trainer.run_dir is not None:
             trainer._write_config()
             # steps after the checkpoint were lost with the process; the metrics file restarts from the checkpoint
-            with (run_dir / METRICS).open("w") as fh:
-                for rec in trainer.history:
-                    fh.write(json.dumps(rec) + "\n")
+            trainer.run.write(METRICS, "".join(json.dumps(rec) + "\n" for rec in trainer.history))
         return trainer
 
     @classmethod
@@ -890,6 +959,7 @@ def init_policy(cfg: Config, init: str | Path | None, meta: dict[str, Any] | Non
 __all__ = [
     "GRPOTrainer",
     "RLError",
+    "RunLocation",
     "build_optimizer",
     "check_prompt_pool",
     "derive_seed",

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from htgrpo.storage.base import Store, join_uri, open_store, split_uri
 from htgrpo.storage.checkpoints import (
+    cache_checkpoint_copy,
     checkpoint_is_whole,
     fetch_checkpoint,
     latest_whole_checkpoint,
     list_checkpoints,
+    read_verified_object,
     upload_checkpoint_dir,
 )
 from htgrpo.storage.local import FileStore
@@ -22,12 +24,14 @@ __all__ = [
     "FileStore",
     "S3Store",
     "Store",
+    "cache_checkpoint_copy",
     "checkpoint_is_whole",
     "fetch_checkpoint",
     "join_uri",
     "latest_whole_checkpoint",
     "list_checkpoints",
     "open_store",
+    "read_verified_object",
     "split_uri",
     "upload_checkpoint_dir",
 ]
