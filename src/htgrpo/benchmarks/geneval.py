@@ -33,7 +33,6 @@ from PIL import Image, ImageOps
 
 from htgrpo.benchmarks.generation import ImageGenerator, check_images
 from htgrpo.benchmarks.weights import TOKENIZER_FILES, hf_spec, require, torch_device
-from htgrpo.data import BENCHMARK_DATA
 from htgrpo.errors import BenchmarkDataError
 from htgrpo.eval.geneval import (
     TASKS,
@@ -44,24 +43,14 @@ from htgrpo.eval.geneval import (
     postprocess,
     summarize,
 )
+from htgrpo.prompts import GENEVAL_COLORS, GENEVAL_DIR, GENEVAL_OBJECTS, GENEVAL_TEST
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
-DATA_DIR = BENCHMARK_DATA / "geneval"
-DEFAULT_METADATA = DATA_DIR / "evaluation_metadata.jsonl"
-DEFAULT_OBJECT_NAMES = DATA_DIR / "object_names.txt"
-
-COLORS: tuple[str, ...] = (
-    "red",
-    "orange",
-    "yellow",
-    "green",
-    "blue",
-    "purple",
-    "pink",
-    "brown",
-    "black",
-    "white",
-)
+# the packaged GenEval files and colour names, defined once in htgrpo.prompts
+DATA_DIR = GENEVAL_DIR
+DEFAULT_METADATA = GENEVAL_TEST
+DEFAULT_OBJECT_NAMES = GENEVAL_OBJECTS
+COLORS = GENEVAL_COLORS
 COLOR_TEMPLATES: tuple[str, ...] = (
     "a photo of a {color} {classname}",
     "a photo of a {color}-colored {classname}",
