@@ -8,7 +8,10 @@ STAMP := $(VENV)/.installed
 CHECKPOINT ?= checkpoints/base
 OUT ?= out
 ROUNDS ?= 2
-# extra `--set key=value` overrides for the demo's pipeline run, e.g. PIPELINE_SET="--set rl.prompts_per_step=8"
+# prompts per pipeline round in the demo (x rl.group_size images): enough work per round that the orchestration
+# overhead stays within 1.3x of `htgrpo train` (benchmarks/results/pipeline_overhead.md)
+DEMO_PROMPTS ?= 32
+# extra `--set key=value` overrides for the demo's pipeline run, e.g. PIPELINE_SET="--set rl.lr=2e-5"
 PIPELINE_SET ?=
 MLFLOW_DB ?= $(OUT)/pipeline/mlflow.db
 MLFLOW_PORT ?= 5000
@@ -24,7 +27,7 @@ export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 100000000000
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install demo test lint format pretrain curve bench-sampler bench-methods clean pipeline mlflow-ui \
+.PHONY: help install demo test lint format pretrain curve bench-sampler bench-overhead bench-methods clean pipeline mlflow-ui \
 	tools chart images push-images
 
 help:
@@ -37,6 +40,7 @@ help:
 	@echo "make pretrain  - regenerate the base checkpoint from its seeds (about 80 minutes on 2 cores)"
 	@echo "make curve     - score pretraining snapshots: benchmarks/results/pretrain_curve.*"
 	@echo "make bench-sampler - sampler throughput: benchmarks/results/sampler.*"
+	@echo "make bench-overhead - local pipeline vs htgrpo train at 3 sizes of round: benchmarks/results/pipeline_overhead.*"
 	@echo "make bench-methods - HT-GRPO vs its baselines: benchmarks/results/compare_methods.*"
 
 $(STAMP): pyproject.toml Makefile
@@ -55,7 +59,7 @@ demo: $(STAMP)
 	$(HTGRPO) sample --checkpoint $(CHECKPOINT) --prompt "a photo of a diamond left of a ring" --n 8 --score --out $(OUT)/demo/diamond_left_of_ring.png
 	$(HTGRPO) evaluate --benchmark shapes --checkpoint $(CHECKPOINT) --split test --grid --out $(OUT)/demo/shapes_test.json
 	@echo "demo outputs: $(OUT)/demo/ (PNG grids, shapes_test.json/.md/.png)"
-	$(HTGRPO) pipeline run-local --pipeline pipelines/htgrpo.yaml --config configs/tiny.yaml --init $(CHECKPOINT) --out $(OUT)/pipeline $(PIPELINE_SET)
+	$(HTGRPO) pipeline run-local --pipeline pipelines/htgrpo.yaml --config configs/tiny.yaml --init $(CHECKPOINT) --out $(OUT)/pipeline --set rl.prompts_per_step=$(DEMO_PROMPTS) $(PIPELINE_SET)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests benchmarks components pipelines scripts
@@ -104,6 +108,9 @@ pretrain: $(STAMP)
 
 curve: $(STAMP)
 	$(PY) benchmarks/pretrain_curve.py --snapshots .cache/snapshots --out benchmarks/results/pretrain_curve
+
+bench-overhead: $(STAMP)
+	$(PY) benchmarks/pipeline_overhead.py --sweep 4,16,32 --out benchmarks/results/pipeline_overhead
 
 bench-sampler: $(STAMP)
 	$(PY) benchmarks/sampler_speed.py --checkpoint $(CHECKPOINT) --out benchmarks/results/sampler

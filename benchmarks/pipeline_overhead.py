@@ -77,6 +77,22 @@ def covered(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
+def rounds_wall(timings: list[dict[str, Any]]) -> float | None:
+    """Wall time of the RL rounds: from the first round task's process start to the last round task's end, less
+    any other task (the local runner may run evaluate-base between rounds) that ran inside that span."""
+    spans = [(r.get("process_start", r["start"]), r["end"], r["step"]) for r in timings if "end" in r]
+    rounds = [(lo, hi) for lo, hi, step in spans if step.startswith("round-")]
+    if not rounds:
+        return None
+    first, last = min(lo for lo, _ in rounds), max(hi for _, hi in rounds)
+    others = [
+        (max(lo, first), min(hi, last))
+        for lo, hi, step in spans
+        if not step.startswith("round-") and hi > first
+    ]
+    return last - first - covered([(lo, hi) for lo, hi in others if hi > lo])
+
+
 def components(timings: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     from htgrpo.pipeline.local import step_kind
 
@@ -92,6 +108,99 @@ def components(timings: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         row["inside_s"] += r["seconds"]
         row["cpu_s"] = row.get("cpu_s", 0.0) + r.get("cpu_s", 0.0)
     return {k: {kk: round(v, 2) for kk, v in row.items()} for k, row in out.items()}
+
+
+def combine(paths: list[str], out: str) -> None:
+    """One table and plot over several runs of this script that differ in work per round (``--sweep``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = sorted((json.loads(Path(p).read_text()) for p in paths), key=lambda d: d["images"] / d["rounds"])
+    rows = []
+    for d in runs:
+        evals = sum(e["wall_s"] for e in d["evaluate"].values())
+        rounds = rounds_wall(d["timings"])
+        rows.append(
+            {
+                "prompts_per_round": d["prompts_per_step"],
+                "images_per_round": d["images"] // d["rounds"],
+                "rounds": d["rounds"],
+                "pipeline_s": d["pipeline"]["wall_s"],
+                "train_s": d["train"]["wall_s"],
+                "evaluate_s": round(evals, 2),
+                "pipeline_to_train": round(d["pipeline"]["wall_s"] / d["train"]["wall_s"], 3),
+                "pipeline_to_train_and_evaluate": round(
+                    d["pipeline"]["wall_s"] / (d["train"]["wall_s"] + evals), 3
+                ),
+                "rounds_to_train": round(rounds / d["train"]["wall_s"], 3) if rounds else None,
+                "scores": d["scores"],
+            }
+        )
+    x = [r["images_per_round"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(
+        x,
+        [r["pipeline_to_train_and_evaluate"] for r in rows],
+        "o-",
+        label="pipeline / (train + 2 evaluations)",
+    )
+    ax.plot(x, [r["rounds_to_train"] for r in rows], "s-", label="RL rounds / train")
+    ax.plot(x, [r["pipeline_to_train"] for r in rows], "^--", label="pipeline / train (no evaluations)")
+    ax.axhline(1.3, color="grey", linestyle=":", label="target 1.3x")
+    ax.set_xlabel("images sampled per round (prompts x group size)")
+    ax.set_ylabel("wall-time ratio")
+    ax.set_xscale("log", base=2)
+    ax.set_title("Local pipeline vs htgrpo train, same config and budget")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    png = Path(out).with_suffix(".png")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=120)
+    lines = [
+        "# Pipeline orchestration overhead against work per round",
+        "",
+        f"{runs[0]['rounds']} rounds, {runs[0]['config']}, {runs[0]['shards']} rollout shards, MLflow on (sqlite) on "
+        "both sides; one `python benchmarks/pipeline_overhead.py --prompts-per-step N` run per row. A round's fixed "
+        "cost (seven task processes, torch imported by four of them, MLflow by one) is the same at every size; "
+        "the work grows with the images per round.",
+        "",
+        "| prompts / round | images / round | pipeline s | train s | 2 evaluations s | pipeline / (train + evals) "
+        "| RL rounds / train | pipeline / train |",
+        "|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {r['prompts_per_round']} | {r['images_per_round']} | {r['pipeline_s']:.1f} | {r['train_s']:.1f} | "
+            f"{r['evaluate_s']:.1f} | **{r['pipeline_to_train_and_evaluate']:.2f}x** | {r['rounds_to_train']:.2f}x | "
+            f"{r['pipeline_to_train']:.2f}x |"
+            for r in rows
+        ],
+        "",
+        f"![ratio against work per round]({png.name})",
+        "",
+        "Wall seconds per component (tasks summed; the two rollout shards of a round run side by side):",
+        "",
+        "| component | " + " | ".join(f"{r['prompts_per_round']} prompts / round" for r in rows) + " |",
+        "|---|" + "---|" * len(rows),
+        *[
+            f"| {name} | "
+            + " | ".join(f"{d['components'].get(name, {}).get('wall_s', 0):.1f}" for d in runs)
+            + " |"
+            for name in runs[-1]["components"]
+        ],
+        "| task start-up, all tasks | "
+        + " | ".join(f"{d['task_startup_s']['total']:.1f}" for d in runs)
+        + " |",
+        "| outside every task | " + " | ".join(f"{d['outside_steps_s']:.1f}" for d in runs) + " |",
+        "",
+        f"Machine: {runs[0]['machine']}.",
+    ]
+    write_results(
+        out,
+        {"runs": rows, "sources": [str(p) for p in paths], "machine": runs[0]["machine"]},
+        "\n".join(lines),
+    )
+    print("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,7 +221,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-eval", action="store_true", help="skip the htgrpo evaluate runs of the train side")
     p.add_argument("--work", default=".cache/pipeline_overhead", help="scratch directory (emptied first)")
     p.add_argument("--out", default="benchmarks/results/pipeline_overhead", help="result stem (.json, .md)")
+    p.add_argument(
+        "--sweep",
+        default=None,
+        metavar="N,N,...",
+        help="run once per prompts-per-step value (OUT-N.json/.md each), then write OUT.md/.json/.png over them",
+    )
+    p.add_argument("--combine", nargs="+", default=None, metavar="RUN.json", help="only redo the sweep table")
     args = p.parse_args(argv)
+    if args.combine:
+        combine(args.combine, args.out)
+        return 0
+    if args.sweep:
+        stems = []
+        rest = [a for a in (sys.argv[1:] if argv is None else argv)]
+        i = rest.index("--sweep")
+        rest = rest[:i] + rest[i + 2 :]
+        for n in args.sweep.split(","):
+            stem = f"{args.out}-{int(n)}"
+            main([*rest, "--prompts-per-step", n, "--out", stem])
+            stems.append(stem + ".json")
+        combine([str(ROOT / s) if not Path(s).is_absolute() else s for s in stems], args.out)
+        return 0
 
     from htgrpo.config import load_config
     from htgrpo.pipeline.local import load_pipeline_module
@@ -157,8 +287,7 @@ def main(argv: list[str] | None = None) -> int:
 
     timings = summary["timings"]
     spans = [(r.get("process_start", r["start"]), r["end"]) for r in timings if "end" in r]
-    rl = [s for s, r in zip(spans, timings, strict=False) if r["step"].startswith("round-")]
-    rl_span = max(hi for _, hi in rl) - min(lo for lo, _ in rl) if rl else None
+    rl_span = rounds_wall(timings)
     by_task = covered(spans)
     startups = [r["startup_s"] for r in timings if "startup_s" in r]
     script = train["wall_s"] + sum(e["wall_s"] for e in evals.values())
@@ -216,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if rl_span:
         lines.append(
-            f"* the RL rounds alone (first round task's start to the last stage's end) / train: "
+            f"* the RL rounds alone (first round task's start to the last stage's end, other tasks run between "
+            f"them excluded) / train: "
             f"{data['ratio_rl_rounds_to_train']:.2f}x"
         )
     lines += [

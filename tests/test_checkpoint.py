@@ -279,7 +279,7 @@ def _boom(*args, **kwargs):
 
 
 def test_crash_in_weights_save_leaves_nothing(cfg, tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoint_module, "save_file", _boom)
+    monkeypatch.setattr("safetensors.torch.save_file", _boom)  # imported by save_checkpoint when it runs
     with pytest.raises(RuntimeError, match="simulated"):
         save_checkpoint(tmp_path / "ckpt", make_backbone(cfg), cfg)
     assert not (tmp_path / "ckpt").exists()

@@ -32,15 +32,16 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from safetensors.torch import load_file, save_file
-
-from htgrpo.backbones.base import Backbone
-from htgrpo.backbones.tiny import TinyBackbone
 from htgrpo.config import BackboneConfig, Config, StorageConfig, config_to_dict
 from htgrpo.errors import CheckpointError
-from htgrpo.tokenizers.kmeans import PatchKMeansTokenizer
+
+if TYPE_CHECKING:
+    from htgrpo.backbones.base import Backbone
+
+# torch, safetensors.torch and the backbones are imported where a checkpoint is written or loaded: verifying
+# one (the pipeline's prepare_data) needs neither, and torch's import is 2 s of a short task.
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -120,6 +121,8 @@ def _required_files(kind: str) -> tuple[str, ...]:
 
 
 def _describe(backbone: Backbone, kind: str) -> dict[str, Any]:
+    from htgrpo.backbones.tiny import TinyBackbone
+
     if isinstance(backbone, TinyBackbone):
         return {
             "kind": kind,
@@ -168,6 +171,8 @@ def save_checkpoint(
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{time.time_ns()}"
     tmp.mkdir()
+    from safetensors.torch import save_file
+
     try:
         state = backbone.checkpoint_tensors()
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "htgrpo-backbone"})
@@ -271,6 +276,11 @@ def load_checkpoint(
             raise CheckpointError(f"checkpoint {d} does not match the configuration: " + "; ".join(diffs))
     if saved_cfg.backbone.kind != "tiny":
         return _load_pretrained_checkpoint(d, saved_cfg, cfg, storage)
+    from safetensors.torch import load_file
+
+    from htgrpo.backbones.tiny import TinyBackbone
+    from htgrpo.tokenizers.kmeans import PatchKMeansTokenizer
+
     tokenizer = PatchKMeansTokenizer.load(d / "image_tokenizer.safetensors")
     expected_codes = meta["backbone"]["codebook_size"]
     if tokenizer.codebook_size != expected_codes:
@@ -288,6 +298,8 @@ def load_checkpoint(
 def _load_pretrained_checkpoint(
     d: Path, saved_cfg: Config, cfg: Config | None, storage: StorageConfig | None
 ) -> tuple[Backbone, Config]:
+    from safetensors.torch import load_file
+
     from htgrpo.backbones.pretrained import load_pretrained
 
     runtime = cfg.backbone if cfg is not None else saved_cfg.backbone

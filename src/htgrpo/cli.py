@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,9 @@ def _add_config_args(p: argparse.ArgumentParser, config_default: str | None = DE
 
 
 def _threads() -> None:
-    import torch
+    from htgrpo.cpus import set_torch_threads
 
-    torch.set_num_threads(int(os.environ.get("HTGRPO_THREADS", os.cpu_count() or 1)))
+    set_torch_threads()
 
 
 def _checkpoint_config(checkpoint: str, config_path: str | None, overrides: list[str]):

@@ -15,6 +15,10 @@ class PromptError(HtgrpoError, ValueError):
     """A prompt the backbone or the shapes world cannot handle."""
 
 
+class RLError(HtgrpoError):
+    """A problem with an RL run the user can fix (prompt pool, run directory, resume)."""
+
+
 class CheckpointError(HtgrpoError, OSError):
     """A checkpoint is missing, incomplete, corrupt or does not match the configuration."""
 

@@ -23,6 +23,7 @@ from htgrpo.backbones.tiny import TinyBackbone
 from htgrpo.checkpoint import save_checkpoint
 from htgrpo.config import Config
 from htgrpo.errors import ConfigError
+from htgrpo.rl.adamw import AdamW
 from htgrpo.tokenizers.kmeans import PatchKMeansTokenizer
 from htgrpo.world.dataset import WorldDataset, build_dataset, draw_prompts, render_rows, splits_for
 
@@ -127,7 +128,7 @@ def pretrain(
     decay, no_decay = [], []
     for name, p in backbone.named_parameters():
         (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
-    opt = torch.optim.AdamW(
+    opt = AdamW(
         [{"params": decay, "weight_decay": pc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=pc.lr,
         betas=(0.9, 0.98),

@@ -57,14 +57,17 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from htgrpo.data import BENCHMARK_DATA
-from htgrpo.errors import ConfigError
+from htgrpo.errors import ConfigError, RLError
 from htgrpo.eval.relations import RELATIONS
 from htgrpo.world import grammar
 from htgrpo.world.grammar import NUMBERS, TASKS
+
+if TYPE_CHECKING:
+    from htgrpo.config import Config
 
 Metadata = dict[str, Any]
 
@@ -551,9 +554,7 @@ def load_source(
             from htgrpo.config import WorldConfig
 
             world = WorldConfig()
-        from htgrpo.world.dataset import splits_for
-
-        return splits_for(world).get(split)
+        return grammar.splits_for(world).get(split)
     if spec.base == "geneval":
         no_parts(1)
         if parts and parts[0] != "test":
@@ -620,6 +621,8 @@ def source_slug(source: str) -> str:
 
 
 __all__ = [
+    "check_prompt_pool",
+    "load_prompt_pool",
     "DEFAULT_N",
     "FLOW_GRPO_MIX",
     "FLOW_GRPO_UNSEEN",
@@ -640,3 +643,38 @@ __all__ = [
     "test_prompt_texts",
     "write_jsonl",
 ]
+
+
+def load_prompt_pool(cfg: Config) -> list[Metadata]:
+    """``rl.prompts``: a split of the shapes world, a named prompt source (``htgrpo.prompts``, e.g.
+    ``geneval-train?n=5000``), or a GenEval-format JSONL file."""
+    source = cfg.rl.prompts
+    if source in ("train", "val", "test", "unseen"):
+        rows = grammar.splits_for(cfg.world).get(source)
+    elif is_named_source(source) and not Path(source).is_file():
+        try:
+            rows = load_source(source, world=cfg.world)
+        except ConfigError as exc:
+            raise ConfigError(f"rl.prompts: {exc}") from None
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(
+                f"rl.prompts: {source!r} is neither a split (train, val, test, unseen), a prompt source "
+                f"({', '.join(list_sources())}) nor a file"
+            )
+        rows = grammar.read_jsonl(path)
+    return check_prompt_pool(rows, source)
+
+
+def check_prompt_pool(rows: Sequence[Metadata], source: str) -> list[Metadata]:
+    rows = list(rows)
+    if not rows:
+        raise RLError(f"the prompt set {source!r} is empty: RL needs at least one prompt")
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or "prompt" not in r or r.get("tag") not in TASKS:
+            raise RLError(
+                f"prompt set {source!r}, row {i}: needs GenEval metadata with a 'prompt' and a 'tag' in "
+                f"{', '.join(TASKS)} (got {r!r:.120})"
+            )
+    return rows

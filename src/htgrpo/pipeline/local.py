@@ -10,12 +10,14 @@ from __future__ import annotations
 import builtins
 import importlib.util
 import json
+import os
 import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+from htgrpo.cpus import SHARED_ENV
 from htgrpo.errors import HtgrpoError
 from htgrpo.world.grammar import TASKS
 
@@ -78,6 +80,9 @@ def run_local(
     # kfp.local indents print() per task by swapping builtins.print; ParallelFor iterations run in threads, and
     # their interleaved swaps can leave it indented for the rest of the process (kfp 2.17.3): put it back
     original_print = builtins.print
+    # every task of this run shares this machine: parallel rollout shards split its threads (htgrpo.cpus)
+    shared_before = os.environ.get(SHARED_ENV)
+    os.environ[SHARED_ENV] = "1"
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
@@ -85,6 +90,10 @@ def run_local(
             pipeline(**args)
     finally:
         builtins.print = original_print
+        if shared_before is None:
+            os.environ.pop(SHARED_ENV, None)
+        else:
+            os.environ[SHARED_ENV] = shared_before
     wall = time.perf_counter() - start
     storage = resolve_config(args["config"], overrides, rounds=1, shards=1, storage_uri=storage_uri).storage
     run_root = join_uri(storage_uri, "runs", run_name)

@@ -55,10 +55,11 @@ if os.environ.get("_KFP_RUNTIME") == "true":
     atexit.register(gc.freeze)
 
 
-def _threads() -> None:
-    import torch
+def _threads(parallel: int = 1) -> None:
+    """torch's threads; `parallel` tasks of this kind may run side by side (see ``htgrpo.cpus``)."""
+    from htgrpo.cpus import set_torch_threads
 
-    torch.set_num_threads(int(os.environ.get("HTGRPO_THREADS", os.cpu_count() or 1)))
+    set_torch_threads(parallel)
 
 
 def _absolute_file_uri(uri: str) -> str:
@@ -203,7 +204,7 @@ def prepare_data(
     run. Returns config_json, run_root, parent_run_id and the shard ids."""
     start = time.time()
     from htgrpo.checkpoint import verify_checkpoint
-    from htgrpo.rl.trainer import load_prompt_pool
+    from htgrpo.prompts import load_prompt_pool
     from htgrpo.tracking import digest_rows
     from htgrpo.world.grammar import write_jsonl
 
@@ -296,7 +297,7 @@ def rollout(
     from htgrpo.checkpoint import load_checkpoint
     from htgrpo.rl.trainer import GRPOTrainer
 
-    _threads()
+    _threads(parallel=int(shards))  # the shards of a round may share this machine
     policy, _ = load_checkpoint(checkpoint_uri, cfg)
     # no reference and no optimizer to sample (the trainer builds its optimizer on first use)
     trainer = GRPOTrainer(cfg, policy, reference=policy, progress=False)

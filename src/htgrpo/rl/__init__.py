@@ -8,6 +8,7 @@ Where things are:
   (``htgrpo.py`` §4.6-4.7; ``maskgrpo.py``, ``unigrpo.py``, ``d1.py``, ``tracegrpo.py``, ``coupled.py`` §5).
 * ``advantages.py``  -- group z-score advantages, non-finite rewards, per-prompt statistics (§4.3).
 * ``rewards.py``     -- the reward registry and weighted mix.
+* ``adamw.py``       -- torch's AdamW update without torch.optim (whose import costs a stage task ~2 s).
 * ``trainer.py``     -- ``GRPOTrainer``: rollout -> reward -> advantages -> old/ref log-probs -> K updates.
 """
 

@@ -63,7 +63,9 @@ from htgrpo.distributed import (
     all_reduce_values,
     broadcast_parameters,
 )
-from htgrpo.errors import CheckpointError, ConfigError, HtgrpoError, PromptError
+from htgrpo.errors import CheckpointError, PromptError, RLError
+from htgrpo.prompts import check_prompt_pool, load_prompt_pool
+from htgrpo.rl.adamw import AdamW
 from htgrpo.rl.advantages import PerPromptStatTracker
 from htgrpo.rl.estimators import IterationPlan, RolloutRecord, build_estimator
 from htgrpo.rl.loss import LossOutput, grpo_loss, policy_log_probs
@@ -72,8 +74,8 @@ from htgrpo.rl.rewards import mixed_reward
 from htgrpo.rl.scoring import score_rollout
 from htgrpo.sampling import sample
 from htgrpo.sampling.core import model_device
-from htgrpo.world.dataset import draw_prompts, splits_for
-from htgrpo.world.grammar import TASKS, Metadata, read_jsonl
+from htgrpo.world.dataset import draw_prompts
+from htgrpo.world.grammar import TASKS, Metadata
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
@@ -84,47 +86,6 @@ RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "keep_checkpoints", 
 """rl keys a resumed run may change; any other difference from the checkpoint's rl section is an error."""
 
 _PURPOSE = {"prompts": 0, "rollout": 1, "plans": 2}
-
-
-class RLError(HtgrpoError):
-    """A problem with an RL run the user can fix (prompt pool, run directory, resume)."""
-
-
-def load_prompt_pool(cfg: Config) -> list[Metadata]:
-    """``rl.prompts``: a split of the shapes world, a named prompt source (``htgrpo.prompts``, e.g.
-    ``geneval-train?n=5000``), or a GenEval-format JSONL file."""
-    from htgrpo.prompts import is_named_source, list_sources, load_source
-
-    source = cfg.rl.prompts
-    if source in ("train", "val", "test", "unseen"):
-        rows = splits_for(cfg.world).get(source)
-    elif is_named_source(source) and not Path(source).is_file():
-        try:
-            rows = load_source(source, world=cfg.world)
-        except ConfigError as exc:
-            raise ConfigError(f"rl.prompts: {exc}") from None
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(
-                f"rl.prompts: {source!r} is neither a split (train, val, test, unseen), a prompt source "
-                f"({', '.join(list_sources())}) nor a file"
-            )
-        rows = read_jsonl(path)
-    return check_prompt_pool(rows, source)
-
-
-def check_prompt_pool(rows: Sequence[Metadata], source: str) -> list[Metadata]:
-    rows = list(rows)
-    if not rows:
-        raise RLError(f"the prompt set {source!r} is empty: RL needs at least one prompt")
-    for i, r in enumerate(rows):
-        if not isinstance(r, dict) or "prompt" not in r or r.get("tag") not in TASKS:
-            raise RLError(
-                f"prompt set {source!r}, row {i}: needs GenEval metadata with a 'prompt' and a 'tag' in "
-                f"{', '.join(TASKS)} (got {r!r:.120})"
-            )
-    return rows
 
 
 def derive_seed(seed: int, step: int, purpose: str, rank: int = 0) -> int:
@@ -166,21 +127,21 @@ class UpdateBatch:
             raise RLError("stored log-probs do not match this batch's plans")
 
 
-def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
+def build_optimizer(model: torch.nn.Module, cfg: Config) -> AdamW:
     """AdamW, weight decay on matrices only (norm weights and other 1-D parameters excluded)."""
     rl = cfg.rl
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
-    return torch.optim.AdamW(
+    return AdamW(
         [{"params": decay, "weight_decay": rl.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=rl.lr,
         betas=tuple(rl.betas),
     )
 
 
-def optimizer_to_files(opt: torch.optim.Optimizer) -> tuple[bytes, dict[str, Any]]:
+def optimizer_to_files(opt: AdamW) -> tuple[bytes, dict[str, Any]]:
     """Optimizer state as safetensors bytes (its tensors) plus a JSON-able rest (param groups, scalars)."""
     state = opt.state_dict()
     tensors, scalars = {}, {}
@@ -193,7 +154,7 @@ def optimizer_to_files(opt: torch.optim.Optimizer) -> tuple[bytes, dict[str, Any
     return save_tensors(tensors), {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def optimizer_from_files(opt: torch.optim.Optimizer, blob: bytes, rest: dict[str, Any]) -> None:
+def optimizer_from_files(opt: AdamW, blob: bytes, rest: dict[str, Any]) -> None:
     state: dict[int, dict[str, Any]] = defaultdict(dict)
     for name, value in load_tensors(blob).items():
         pid, key = name.split(".", 1)
@@ -397,7 +358,7 @@ class GRPOTrainer:
             self.reference = reference.eval().requires_grad_(False)
         # every rank starts from rank 0's trainable weights (LoRA adapters are initialised at random)
         broadcast_parameters(self.dist, [p for p in policy.parameters() if p.requires_grad])
-        self._optimizer: torch.optim.Optimizer | None = None  # built on first use (see ``optimizer``)
+        self._optimizer: AdamW | None = None  # built on first use (see ``optimizer``)
         self.tracker = (
             PerPromptStatTracker(self.rl.stat_tracking_buffer) if self.rl.stat_tracking_buffer else None
         )
@@ -421,9 +382,9 @@ class GRPOTrainer:
             self.run.write(METRICS, "")
 
     @property
-    def optimizer(self) -> torch.optim.Optimizer:
+    def optimizer(self) -> AdamW:
         """AdamW over the policy's trainable parameters, built on first use: a process that only rolls out never
-        builds one (torch imports its compiler stack with the first optimizer)."""
+        builds one."""
         if self._optimizer is None:
             self._optimizer = build_optimizer(self.policy, self.cfg)
         return self._optimizer

@@ -19,20 +19,10 @@ from tqdm.auto import tqdm
 
 from htgrpo.config import WorldConfig
 from htgrpo.tokenizers.base import ImageTokenizer
-from htgrpo.world.grammar import TASKS, Metadata, Splits, make_splits
+from htgrpo.world.grammar import TASKS, Metadata, splits_for
 from htgrpo.world.render import render, sample_scene
 
 WORLD_VERSION = 3  # 2: objects on a light-grey tile; 3: background themes
-
-
-def splits_for(world: WorldConfig) -> Splits:
-    return make_splits(
-        seed=world.seed,
-        test_per_task=world.test_per_task,
-        val_per_task=world.val_per_task,
-        unseen_pairs=world.unseen_pairs,
-        unseen_color_attr=world.unseen_color_attr,
-    )
 
 
 def draw_prompts(

@@ -21,10 +21,13 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from htgrpo.eval.relations import RELATIONS
 from htgrpo.world.palette import COLOR_NAMES, SHAPES
+
+if TYPE_CHECKING:
+    from htgrpo.config import WorldConfig
 
 TASKS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 NUMBERS = {2: "two", 3: "three", 4: "four"}
@@ -233,3 +236,14 @@ def read_jsonl(path: str | Path) -> list[Metadata]:
         row.setdefault("exclude", [])
         rows.append(row)
     return rows
+
+
+def splits_for(world: WorldConfig) -> Splits:
+    """The splits of the world that `world` configures."""
+    return make_splits(
+        seed=world.seed,
+        test_per_task=world.test_per_task,
+        val_per_task=world.val_per_task,
+        unseen_pairs=world.unseen_pairs,
+        unseen_color_attr=world.unseen_color_attr,
+    )
