@@ -27,7 +27,7 @@ export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 100000000000
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install demo test lint format pretrain curve bench-sampler bench-overhead bench-methods clean pipeline mlflow-ui \
+.PHONY: help install demo test lint format pretrain curve bench-sampler bench-binding bench-overhead bench-methods clean pipeline mlflow-ui \
 	tools chart images push-images
 
 help:
@@ -41,6 +41,7 @@ help:
 	@echo "make curve     - score pretraining snapshots: benchmarks/results/pretrain_curve.*"
 	@echo "make bench-sampler - sampler throughput: benchmarks/results/sampler.*"
 	@echo "make bench-overhead - local pipeline vs htgrpo train at 3 sizes of round: benchmarks/results/pipeline_overhead.*"
+	@echo "make bench-binding - which pretraining objective binds colour words: benchmarks/results/colour_binding.*"
 	@echo "make bench-methods - HT-GRPO vs its baselines: benchmarks/results/compare_methods.*"
 
 $(STAMP): pyproject.toml Makefile
@@ -111,6 +112,10 @@ curve: $(STAMP)
 
 bench-overhead: $(STAMP)
 	$(PY) benchmarks/pipeline_overhead.py --sweep 4,16,32 --out benchmarks/results/pipeline_overhead
+
+bench-binding: $(STAMP)
+	$(PY) benchmarks/colour_binding.py --variants fill-half,plain,object-weight,colour-tasks,fill-only --steps 400 \
+		--every 100 --out benchmarks/results/colour_binding
 
 bench-sampler: $(STAMP)
 	$(PY) benchmarks/sampler_speed.py --checkpoint $(CHECKPOINT) --out benchmarks/results/sampler

@@ -188,6 +188,27 @@ def test_score_step_loads_neither_torch_nor_the_backbone(tmp_path):
     assert score_row["startup_s"] >= 0 and score_row["cpu_s"] > 0
 
 
+def test_prepare_data_runs_without_torch(tmp_path):
+    """prepare_data validates the run, verifies the initial checkpoint and writes the prompts without torch (whose
+    import is most of a short task's time)."""
+    import subprocess
+    import sys
+
+    _, base, text = base_and_config(tmp_path, {"geneval_partial": 1.0})
+    code = (
+        "import sys, json\n"
+        "from htgrpo.pipeline import steps\n"
+        "a = json.loads(sys.argv[1])\n"
+        "out = steps.prepare_data(a['text'], [], a['base'], 'run-5', 1, 1, storage_uri=a['store'])\n"
+        "print(json.dumps([out['run_root'], 'torch' in sys.modules]))\n"
+    )
+    args = json.dumps({"text": text, "base": str(base), "store": f"file://{tmp_path}/store"})
+    out = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, check=True)
+    run_root, torch_loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert torch_loaded is False
+    assert (tmp_path / "store" / "runs" / "run-5" / "prompts.jsonl").is_file()
+
+
 def test_round_runs_are_logged_by_its_last_step(tmp_path, varied_reward, monkeypatch):
     """score, global and structure open no MLflow client: refinement logs the round's four runs."""
     from mlflow import MlflowClient

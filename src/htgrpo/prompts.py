@@ -620,31 +620,6 @@ def source_slug(source: str) -> str:
     return _SAFE.sub("_", source).strip("_") or "prompts"
 
 
-__all__ = [
-    "check_prompt_pool",
-    "load_prompt_pool",
-    "DEFAULT_N",
-    "FLOW_GRPO_MIX",
-    "FLOW_GRPO_UNSEEN",
-    "generate_geneval",
-    "geneval_objects",
-    "geneval_test_rows",
-    "geneval_train_prompts",
-    "geneval_unseen_prompts",
-    "is_named_source",
-    "list_sources",
-    "load_source",
-    "parse_mix",
-    "parse_source",
-    "parse_unseen",
-    "tag_counts",
-    "task_counts",
-    "task_space",
-    "test_prompt_texts",
-    "write_jsonl",
-]
-
-
 def load_prompt_pool(cfg: Config) -> list[Metadata]:
     """``rl.prompts``: a split of the shapes world, a named prompt source (``htgrpo.prompts``, e.g.
     ``geneval-train?n=5000``), or a GenEval-format JSONL file."""
@@ -678,3 +653,28 @@ def check_prompt_pool(rows: Sequence[Metadata], source: str) -> list[Metadata]:
                 f"{', '.join(TASKS)} (got {r!r:.120})"
             )
     return rows
+
+
+__all__ = [
+    "check_prompt_pool",
+    "load_prompt_pool",
+    "DEFAULT_N",
+    "FLOW_GRPO_MIX",
+    "FLOW_GRPO_UNSEEN",
+    "generate_geneval",
+    "geneval_objects",
+    "geneval_test_rows",
+    "geneval_train_prompts",
+    "geneval_unseen_prompts",
+    "is_named_source",
+    "list_sources",
+    "load_source",
+    "parse_mix",
+    "parse_source",
+    "parse_unseen",
+    "tag_counts",
+    "task_counts",
+    "task_space",
+    "test_prompt_texts",
+    "write_jsonl",
+]
