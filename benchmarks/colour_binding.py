@@ -22,6 +22,7 @@ Variants (the masked-diffusion loss with 1/t weighting unless said):
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -187,37 +188,56 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="variants trained side by side, one thread each")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/colour_binding")
+    ap.add_argument(
+        "--render", default=None, metavar="JSON", help="only rewrite the table from a results JSON"
+    )
     args = ap.parse_args()
     variants = args.variants.split(",")
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise SystemExit(f"--variants: unknown {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
-    with ProcessPoolExecutor(args.workers) as pool:
-        futures = [
-            pool.submit(run_variant, v, args.checkpoint, args.steps, args.every, args.seed) for v in variants
-        ]
-        results = [f.result() for f in futures]
+    if args.render:
+        data = json.loads(Path(args.render).read_text())
+    else:
+        with ProcessPoolExecutor(args.workers) as pool:
+            futures = [
+                pool.submit(run_variant, v, args.checkpoint, args.steps, args.every, args.seed)
+                for v in variants
+            ]
+            results = [f.result() for f in futures]
+        data = {"steps": args.steps, "seed": args.seed, "workers": args.workers, "results": results}
+        data["machine"] = machine()
+    lines = render(data)
+    write_results(args.out, data, "\n".join(lines))
+    print("\n".join(lines))
+
+
+def render(data: dict) -> list[str]:
+    def cell(point: dict, mode: str, split: str) -> str:
+        value = point.get(mode, {}).get(split)
+        return "–" if value is None else f"{value:.3f}"
+
     lines = [
-        f"# Colour binding: pretraining objectives from scratch, {args.steps} steps each",
+        f"# Colour binding: pretraining objectives from scratch, {data['steps']} steps each",
         "",
         "Colour given shape at masked object cells (background visible) on fresh scenes of the colour prompts; "
         "`val` prompts are new, `train` prompts were trained on. Chance is about 0.11. Generation mode is the "
-        "ordinary prompt; fill mode the prompt marked for the fill objective.",
+        "ordinary prompt; fill mode the prompt marked for the fill objective (fill-half only marks it).",
         "",
         "| variant | step | val (generation) | train (generation) | val (fill mode) | train (fill mode) |",
         "|---|---|---|---|---|---|",
     ]
-    for r in results:
+    for r in data["results"]:
         for pt in r["curve"]:
-            fill = pt.get("fill", {})
             lines.append(
-                f"| {r['variant']} | {pt['step']} | {pt['generation']['val']:.3f} | {pt['generation']['train']:.3f} | "
-                f"{fill.get('val', float('nan')):.3f} | {fill.get('train', float('nan')):.3f} |"
+                f"| {r['variant']} | {pt['step']} | {cell(pt, 'generation', 'val')} | "
+                f"{cell(pt, 'generation', 'train')} | {cell(pt, 'fill', 'val')} | {cell(pt, 'fill', 'train')} |"
             )
-    data = {"steps": args.steps, "seed": args.seed, "results": results, "machine": machine()}
-    lines += ["", f"Machine: {data['machine']}; one thread per variant, {args.workers} side by side."]
-    write_results(args.out, data, "\n".join(lines))
-    print("\n".join(lines))
+    lines += [
+        "",
+        f"Machine: {data['machine']}; one thread per variant, {data.get('workers', 2)} side by side.",
+    ]
+    return lines
 
 
 if __name__ == "__main__":
