@@ -234,9 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.sweep:
         stems = []
-        rest = [a for a in (sys.argv[1:] if argv is None else argv)]
-        i = rest.index("--sweep")
-        rest = rest[:i] + rest[i + 2 :]
+        given = list(sys.argv[1:] if argv is None else argv)
+        # the other arguments, as given, for each run ("--sweep N,N" and "--sweep=N,N" both dropped)
+        rest = [
+            a for k, a in enumerate(given) if not a.startswith("--sweep") and given[k - 1 : k] != ["--sweep"]
+        ]
         for n in args.sweep.split(","):
             stem = f"{args.out}-{int(n)}"
             main([*rest, "--prompts-per-step", n, "--out", stem])
