@@ -13,7 +13,7 @@ from htgrpo.backbones.base import MASK_CODE
 from htgrpo.backbones.tiny import TinyBackbone
 from htgrpo.checkpoint import load_checkpoint, verify_checkpoint
 from htgrpo.config import load_config
-from htgrpo.pretrain import PromptTable, masked_diffusion_loss, pretrain
+from htgrpo.pretrain import PromptTable, fill_share, masked_diffusion_loss, object_codes, pretrain
 from htgrpo.tokenizers.kmeans import PatchKMeansTokenizer
 from htgrpo.world.dataset import draw_prompts, render_rows, splits_for
 
@@ -145,6 +145,105 @@ def test_loss_is_zero_for_a_perfect_model(tokenizer, batch, monkeypatch):
     monkeypatch.setattr(bb, "logits", oracle)
     loss = masked_diffusion_loss(bb, bb.encode_prompts(prompts), x0, torch.Generator().manual_seed(0))
     assert 0 <= loss.item() < 1e-6
+
+
+# --- the fill curriculum ----------------------------------------------------------------------------------------
+
+
+def test_fill_share_is_one_then_falls_linearly_to_zero():
+    pc = CFG.pretrain.model_copy(update={"fill_steps": 3, "fill_decay_steps": 3})
+    assert [fill_share(pc, s) for s in range(8)] == [1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
+    off = CFG.pretrain.model_copy(update={"fill_steps": 0, "fill_decay_steps": 0})
+    assert [fill_share(off, s) for s in range(3)] == [0.0, 0.0, 0.0]
+    sharp = CFG.pretrain.model_copy(update={"fill_steps": 2, "fill_decay_steps": 0})
+    assert [fill_share(sharp, s) for s in range(4)] == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_fill_mode_masks_exactly_the_object_cells(tokenizer, batch, monkeypatch):
+    """Fill scenes: object cells masked, background visible, loss = mean CE on the object cells (weight 1, not
+    1/t); a scene without object cells and a scene not flagged keep the random mask."""
+    bb = make_backbone(tokenizer)
+    prompts, x0 = batch
+    x0 = x0.clone()
+    is_object = torch.zeros(32, dtype=torch.bool)
+    is_object[:6] = True
+    x0[x0 < 6] += 6  # object codes only where placed below
+    x0[1:6, :3] = torch.tensor([0, 1, 2])
+    x0[1:6, 7] = 5
+    fill = torch.tensor([True] * 6 + [False] * 2)
+    calls = _capture_logits(bb, monkeypatch)
+    loss = masked_diffusion_loss(
+        bb, bb.encode_prompts(prompts), x0, torch.Generator().manual_seed(4), 0.0, fill, is_object
+    )
+    ((xt, logits),) = calls
+    obj = is_object[x0]
+    masked = xt == MASK_CODE
+    for i in range(1, 6):
+        assert torch.equal(masked[i], obj[i]), i
+    assert masked[0].any() and not torch.equal(masked[0], obj[0])  # random mask, not the (empty) object set
+    # the flagged rows' share of the loss is their plain CE on object cells
+    ce = torch.nn.functional.cross_entropy(logits.detach().reshape(-1, 32), x0.reshape(-1), reduction="none")
+    ce = ce.view(x0.shape)
+    fill_part = float((ce[1:6] * obj[1:6]).sum()) / x0.numel()
+    rest = loss.item() - fill_part
+    assert rest > 0  # rows 0, 6, 7 add their 1/t-weighted terms
+    loss.backward()
+    grad = logits.grad.abs().sum(-1)
+    assert (grad[1:6][~obj[1:6]] == 0).all() and (grad[1:6][obj[1:6]] > 0).all()
+    with pytest.raises(ValueError, match="is_object"):
+        masked_diffusion_loss(bb, bb.encode_prompts(prompts), x0, torch.Generator(), 0.0, fill, None)
+
+
+def test_object_codes_are_the_codes_at_object_cells():
+    """With a codebook as large as the world's distinct patches, a code is an object code exactly when it occurs
+    at an object cell of fresh scenes, and never at a background cell."""
+    from htgrpo.world.render import render, sample_scene
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [*SMALL, "tokenizer.codebook_size=256"])
+    rng = np.random.default_rng(11)
+    metas = [SPLITS.train[i] for i in draw_prompts(SPLITS.train, cfg.world.task_weights, 400, rng)]
+    tok = PatchKMeansTokenizer.fit(render_rows(metas, rng, GRID), 256, iterations=2, seed=0, progress=False)
+    flags = object_codes(cfg, tok, scenes=400)
+    scenes = [sample_scene(m, rng, GRID) for m in metas[:100]]
+    codes = tok.encode(np.stack([render(sc) for sc in scenes]))
+    for k, sc in enumerate(scenes):
+        cells = {o.row * GRID + o.col for o in sc.objects}
+        for cell in range(N):
+            assert bool(flags[codes[k, cell]]) == (cell in cells), (k, cell)
+
+
+def test_pretrain_runs_the_fill_curriculum(tmp_path, monkeypatch):
+    """pretrain() flags every scene for fill mode during fill_steps, a falling share after, none at the end."""
+    import htgrpo.pretrain as pre
+
+    cfg = load_config(
+        ROOT / "configs" / "tiny.yaml",
+        [
+            *SMALL,
+            "pretrain.steps=8",
+            "pretrain.batch_size=16",
+            "pretrain.fill_steps=2",
+            "pretrain.fill_decay_steps=3",
+            "world.dataset_size=128",
+            f"world.cache_dir={tmp_path / 'cache'}",
+            "tokenizer.codebook_size=32",
+            "tokenizer.train_images=64",
+            "tokenizer.iterations=2",
+        ],
+    )
+    shares: list[float] = []
+    real = pre.masked_diffusion_loss
+
+    def spy(backbone, prompt, x0, generator, min_ratio=0.0, fill=None, is_object=None):
+        shares.append(0.0 if fill is None else fill.float().mean().item())
+        assert fill is None or is_object is not None
+        return real(backbone, prompt, x0, generator, min_ratio, fill, is_object)
+
+    monkeypatch.setattr(pre, "masked_diffusion_loss", spy)
+    pre.pretrain(cfg, tmp_path / "base", progress=False)
+    assert shares[:2] == [1.0, 1.0]
+    assert all(0.0 <= s < 1.0 for s in shares[2:5]) and sum(shares[2:5]) > 0
+    assert shares[5:] == [0.0, 0.0, 0.0]
 
 
 # --- learning ---------------------------------------------------------------------------------------------------

@@ -233,6 +233,15 @@ class PretrainConfig(_Frozen):
         0.1, ge=0, le=1, description="Share of prompts replaced by the unconditional one."
     )
     min_mask_ratio: float = Field(0.0, ge=0, lt=1, description="Lower bound of the sampled mask ratio t.")
+    fill_steps: int = Field(
+        0,
+        ge=0,
+        description="First steps in which every scene is trained in fill mode (object cells masked, background "
+        "visible, loss on objects): binds colour words, which the plain objective leaves at chance.",
+    )
+    fill_decay_steps: int = Field(
+        0, ge=0, description="Steps after fill_steps over which the fill-mode share falls linearly to 0."
+    )
     ema_decay: float = Field(0.995, ge=0, lt=1, description="EMA of the weights that is saved (0 disables).")
     time_budget_min: float | None = Field(None, gt=0, description="Stop after this many minutes if set.")
     snapshot_every_min: float | None = Field(

@@ -3,6 +3,13 @@
 Objective (MMaDA / LLaDA): draw t ~ U(min_mask_ratio, 1) per scene, mask every image token independently with
 probability t, and minimise  (1/N) * sum_{masked i} -log p(x0_i | x_t, c) / t. A share of prompts is replaced by the
 unconditional template so the same network serves classifier-free guidance.
+
+Fill curriculum (``pretrain.fill_steps``): on its own the objective above teaches layout, shapes and counts but
+leaves colour words at chance (benchmarks/results/colour_binding.md). For the first steps every scene is instead
+trained in *fill* mode: all object cells masked, the background visible, the loss on the object cells (weight 1).
+With nothing to copy and the positions given, the only way to lower that loss is to read shape *and colour* off the
+prompt. Fill mode leaks a pattern (masked = object) that generation must not learn, so its share then falls
+linearly to zero over ``fill_decay_steps`` and the rest of the run is the plain objective.
 """
 
 from __future__ import annotations
@@ -21,11 +28,12 @@ from tqdm.auto import tqdm
 from htgrpo.backbones.base import MASK_CODE, PromptBatch
 from htgrpo.backbones.tiny import TinyBackbone
 from htgrpo.checkpoint import save_checkpoint
-from htgrpo.config import Config
+from htgrpo.config import Config, PretrainConfig
 from htgrpo.errors import ConfigError
 from htgrpo.rl.adamw import AdamW
 from htgrpo.tokenizers.kmeans import PatchKMeansTokenizer
 from htgrpo.world.dataset import WorldDataset, build_dataset, draw_prompts, render_rows, splits_for
+from htgrpo.world.render import render, sample_scene
 
 
 def train_tokenizer(cfg: Config, progress: bool = True) -> PatchKMeansTokenizer:
@@ -44,17 +52,61 @@ def train_tokenizer(cfg: Config, progress: bool = True) -> PatchKMeansTokenizer:
     return PatchKMeansTokenizer.fit(images, tc.codebook_size, tc.iterations, tc.seed, progress=progress)
 
 
+def object_codes(cfg: Config, tokenizer: PatchKMeansTokenizer, scenes: int = 3000) -> torch.Tensor:
+    """[codebook] bool: the codes that stand for an object (one object fills one cell, hence one token).
+
+    Read off rendered scenes whose object cells are known: a code counts as an object code when most of its
+    occurrences are at object cells.
+    """
+    splits = splits_for(cfg.world)
+    pool = splits.train + splits.unseen
+    rng = np.random.default_rng(cfg.pretrain.seed + 104729)
+    index = draw_prompts(pool, cfg.world.task_weights, scenes, rng)
+    grid = cfg.world.grid
+    scene_list = [sample_scene(pool[i], rng, grid, background=cfg.world.background) for i in index]
+    codes = tokenizer.encode(np.stack([render(sc) for sc in scene_list]))
+    at_object = torch.zeros(codes.shape, dtype=torch.bool)
+    for k, sc in enumerate(scene_list):
+        for o in sc.objects:
+            at_object[k, o.row * grid + o.col] = True
+    size = tokenizer.codebook_size
+    on = torch.bincount(codes[at_object], minlength=size)
+    off = torch.bincount(codes[~at_object], minlength=size)
+    return on > off
+
+
+def fill_share(pc: PretrainConfig, step: int) -> float:
+    """Share of scenes trained in fill mode at `step`: 1 for fill_steps, then linearly down to 0."""
+    if step < pc.fill_steps:
+        return 1.0
+    if pc.fill_decay_steps == 0:
+        return 0.0
+    return max(0.0, 1.0 - (step - pc.fill_steps + 1) / (pc.fill_decay_steps + 1))
+
+
 def masked_diffusion_loss(
     backbone: TinyBackbone,
     prompt: PromptBatch,
     x0: torch.Tensor,
     generator: torch.Generator,
     min_ratio: float = 0.0,
+    fill: torch.Tensor | None = None,
+    is_object: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """The 1/t-weighted masked-diffusion loss; scenes flagged in `fill` ([B] bool, needs `is_object`) are
+    trained in fill mode instead (object cells masked, weight 1)."""
     b, n = x0.shape
     t = min_ratio + (1 - min_ratio) * torch.rand(b, 1, generator=generator)
     t = t.clamp_min(1.0 / n)
     mask = torch.rand(b, n, generator=generator) < t
+    weight = 1.0 / t.expand(b, n)
+    if fill is not None and bool(fill.any()):
+        if is_object is None:
+            raise ValueError("fill mode needs is_object, the object codes of the tokenizer")
+        obj = is_object[x0]
+        fill = fill & obj.any(1)
+        mask = torch.where(fill[:, None], obj, mask)
+        weight = torch.where(fill[:, None], torch.ones_like(weight), weight)
     # every scene scores at least one token
     none = ~mask.any(1)
     if none.any():
@@ -62,7 +114,7 @@ def masked_diffusion_loss(
     xt = torch.where(mask, torch.full_like(x0, MASK_CODE), x0)
     logits = backbone.logits(prompt, xt)
     ce = F.cross_entropy(logits.reshape(b * n, -1).float(), x0.reshape(-1), reduction="none").view(b, n)
-    return ((ce * mask) / t).sum() / (b * n)
+    return (ce * mask * weight).sum() / (b * n)
 
 
 @dataclass
@@ -125,6 +177,7 @@ def pretrain(
     backbone.train()
     ema = copy.deepcopy(backbone).eval() if pc.ema_decay > 0 else None
     table = PromptTable(backbone, dataset.prompts)
+    is_object = object_codes(cfg, tokenizer) if pc.fill_steps + pc.fill_decay_steps > 0 else None
     decay, no_decay = [], []
     for name, p in backbone.named_parameters():
         (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
@@ -154,7 +207,9 @@ def pretrain(
         x0 = dataset.codes[idx]
         drop = torch.rand(pc.batch_size, generator=gen) < pc.cond_dropout
         prompt = table.batch(dataset.prompt_index[idx], drop)
-        loss = masked_diffusion_loss(backbone, prompt, x0, gen, pc.min_mask_ratio)
+        share = fill_share(pc, step)
+        fill = torch.rand(pc.batch_size, generator=gen) < share if share > 0 else None
+        loss = masked_diffusion_loss(backbone, prompt, x0, gen, pc.min_mask_ratio, fill, is_object)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(backbone.parameters(), pc.grad_clip)
