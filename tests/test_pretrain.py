@@ -157,6 +157,8 @@ def test_fill_share_is_one_then_falls_linearly_to_zero():
     assert [fill_share(off, s) for s in range(3)] == [0.0, 0.0, 0.0]
     sharp = CFG.pretrain.model_copy(update={"fill_steps": 2, "fill_decay_steps": 0})
     assert [fill_share(sharp, s) for s in range(4)] == [1.0, 1.0, 0.0, 0.0]
+    kept = CFG.pretrain.model_copy(update={"fill_steps": 1, "fill_decay_steps": 3, "fill_final_share": 0.2})
+    assert [round(fill_share(kept, s), 6) for s in range(6)] == [1.0, 0.8, 0.6, 0.4, 0.2, 0.2]
 
 
 def test_fill_mode_masks_exactly_the_object_cells(tokenizer, batch, monkeypatch):

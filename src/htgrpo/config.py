@@ -240,7 +240,15 @@ class PretrainConfig(_Frozen):
         "visible, loss on objects): binds colour words, which the plain objective leaves at chance.",
     )
     fill_decay_steps: int = Field(
-        0, ge=0, description="Steps after fill_steps over which the fill-mode share falls linearly to 0."
+        0,
+        ge=0,
+        description="Steps after fill_steps over which the fill-mode share falls linearly to fill_final_share.",
+    )
+    fill_final_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of scenes kept in fill mode after the hand-over, so that colour binding does not fade.",
     )
     ema_decay: float = Field(0.995, ge=0, lt=1, description="EMA of the weights that is saved (0 disables).")
     time_budget_min: float | None = Field(None, gt=0, description="Stop after this many minutes if set.")

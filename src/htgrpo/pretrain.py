@@ -76,12 +76,15 @@ def object_codes(cfg: Config, tokenizer: PatchKMeansTokenizer, scenes: int = 300
 
 
 def fill_share(pc: PretrainConfig, step: int) -> float:
-    """Share of scenes trained in fill mode at `step`: 1 for fill_steps, then linearly down to 0."""
+    """Share of scenes trained in fill mode at `step`: 1 for fill_steps, then linearly down to
+    fill_final_share, which is kept for the rest of the run."""
     if step < pc.fill_steps:
         return 1.0
+    floor = pc.fill_final_share
     if pc.fill_decay_steps == 0:
-        return 0.0
-    return max(0.0, 1.0 - (step - pc.fill_steps + 1) / (pc.fill_decay_steps + 1))
+        return floor
+    frac = min(1.0, (step - pc.fill_steps + 1) / (pc.fill_decay_steps + 1))
+    return floor + (1.0 - floor) * (1.0 - frac)
 
 
 def masked_diffusion_loss(
@@ -177,7 +180,11 @@ def pretrain(
     backbone.train()
     ema = copy.deepcopy(backbone).eval() if pc.ema_decay > 0 else None
     table = PromptTable(backbone, dataset.prompts)
-    is_object = object_codes(cfg, tokenizer) if pc.fill_steps + pc.fill_decay_steps > 0 else None
+    is_object = (
+        object_codes(cfg, tokenizer)
+        if pc.fill_steps + pc.fill_decay_steps > 0 or pc.fill_final_share > 0
+        else None
+    )
     decay, no_decay = [], []
     for name, p in backbone.named_parameters():
         (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
