@@ -248,6 +248,52 @@ def test_pretrain_runs_the_fill_curriculum(tmp_path, monkeypatch):
     assert shares[5:] == [0.0, 0.0, 0.0]
 
 
+def test_after_the_hand_over_fill_mode_keeps_to_fill_final_tasks(tmp_path, monkeypatch):
+    """fill_final_share=1 with fill_final_tasks=[colors]: after the hand-over exactly the colors scenes (those
+    not dropped to the unconditional prompt by chance of the draw) are flagged, and no other scene."""
+    import htgrpo.pretrain as pre
+
+    cfg = load_config(
+        ROOT / "configs" / "tiny.yaml",
+        [
+            *SMALL,
+            "pretrain.steps=5",
+            "pretrain.batch_size=64",
+            "pretrain.fill_steps=1",
+            "pretrain.fill_final_share=1.0",
+            "pretrain.fill_final_tasks=[colors]",
+            "pretrain.cond_dropout=0.0",
+            "world.dataset_size=256",
+            f"world.cache_dir={tmp_path / 'cache'}",
+            "tokenizer.codebook_size=32",
+            "tokenizer.train_images=64",
+            "tokenizer.iterations=2",
+        ],
+    )
+    seen: list[tuple[bool, bool]] = []  # (flagged, is a colors prompt) per scene after the hand-over
+    real = pre.masked_diffusion_loss
+    step = {"n": 0}
+
+    def spy(backbone, prompt, x0, generator, min_ratio=0.0, fill=None, is_object=None):
+        if step["n"] >= 1:
+            colors = {
+                tuple(backbone.encode_prompts([r["prompt"]]).input_ids[0].tolist())
+                for r in SPLITS.train
+                if r["tag"] == "colors"
+            }
+            # rows are left-padded, so a prompt's own ids end the row
+            for row, flag in zip(prompt.input_ids.tolist(), fill.tolist(), strict=True):
+                seen.append((flag, any(tuple(row[-len(c) :]) == c for c in colors)))
+        step["n"] += 1
+        return real(backbone, prompt, x0, generator, min_ratio, fill, is_object)
+
+    monkeypatch.setattr(pre, "masked_diffusion_loss", spy)
+    pre.pretrain(cfg, tmp_path / "base", progress=False)
+    assert len(seen) == 4 * 64
+    assert any(c for _, c in seen) and not all(c for _, c in seen)
+    assert all(flag == colour for flag, colour in seen)
+
+
 # --- learning ---------------------------------------------------------------------------------------------------
 
 

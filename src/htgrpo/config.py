@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from htgrpo.errors import ConfigError
 from htgrpo.world.grammar import TASKS
@@ -250,6 +250,22 @@ class PretrainConfig(_Frozen):
         le=1,
         description="Share of scenes kept in fill mode after the hand-over, so that colour binding does not fade.",
     )
+    fill_final_tasks: tuple[str, ...] = Field(
+        (),
+        description="Tasks whose scenes may be in fill mode after the hand-over (empty: all tasks). The colour "
+        "tasks (colors, color_attr) are the ones whose prompts the fill objective teaches beyond the plain one.",
+    )
+
+    @field_validator("fill_final_tasks")
+    @classmethod
+    def _known_tasks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from htgrpo.world.grammar import TASKS
+
+        bad = [t for t in v if t not in TASKS]
+        if bad:
+            raise ValueError(f"unknown task(s) {bad}; tasks are {', '.join(TASKS)}")
+        return v
+
     ema_decay: float = Field(0.995, ge=0, lt=1, description="EMA of the weights that is saved (0 disables).")
     time_budget_min: float | None = Field(None, gt=0, description="Stop after this many minutes if set.")
     snapshot_every_min: float | None = Field(

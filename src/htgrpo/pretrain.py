@@ -77,7 +77,7 @@ def object_codes(cfg: Config, tokenizer: PatchKMeansTokenizer, scenes: int = 300
 
 def fill_share(pc: PretrainConfig, step: int) -> float:
     """Share of scenes trained in fill mode at `step`: 1 for fill_steps, then linearly down to
-    fill_final_share, which is kept for the rest of the run."""
+    fill_final_share, which is kept for the rest of the run (for the scenes of ``fill_final_tasks``)."""
     if step < pc.fill_steps:
         return 1.0
     floor = pc.fill_final_share
@@ -185,6 +185,12 @@ def pretrain(
         if pc.fill_steps + pc.fill_decay_steps > 0 or pc.fill_final_share > 0
         else None
     )
+    # after the hand-over, fill mode only for the scenes of these tasks (all when the list is empty)
+    fill_tasks = (
+        torch.tensor([p["tag"] in pc.fill_final_tasks for p in dataset.prompts])
+        if pc.fill_final_tasks
+        else None
+    )
     decay, no_decay = [], []
     for name, p in backbone.named_parameters():
         (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
@@ -216,6 +222,8 @@ def pretrain(
         prompt = table.batch(dataset.prompt_index[idx], drop)
         share = fill_share(pc, step)
         fill = torch.rand(pc.batch_size, generator=gen) < share if share > 0 else None
+        if fill is not None and fill_tasks is not None and step >= pc.fill_steps + pc.fill_decay_steps:
+            fill &= fill_tasks[dataset.prompt_index[idx]]
         loss = masked_diffusion_loss(backbone, prompt, x0, gen, pc.min_mask_ratio, fill, is_object)
         opt.zero_grad(set_to_none=True)
         loss.backward()
