@@ -37,7 +37,7 @@ help:
 	@echo "make chart     - helm lint the chart (installs helm and kubectl into $(TOOLS))"
 	@echo "make images    - build the CPU and CUDA images (needs a Docker daemon); push-images pushes them"
 	@echo "make mlflow-ui - the MLflow UI of the demo's runs on http://127.0.0.1:$(MLFLOW_PORT)"
-	@echo "make pretrain  - regenerate the base checkpoint from its seeds (about 80 minutes on 2 cores)"
+	@echo "make pretrain  - regenerate the base checkpoint from its seeds (under 60 minutes on 2 cores)"
 	@echo "make curve     - score pretraining snapshots: benchmarks/results/pretrain_curve.*"
 	@echo "make bench-sampler - sampler throughput: benchmarks/results/sampler.*"
 	@echo "make bench-overhead - local pipeline vs htgrpo train at 3 sizes of round: benchmarks/results/pipeline_overhead.*"
@@ -103,12 +103,11 @@ test: lint tools
 	$(VENV)/bin/pytest -q
 
 pretrain: $(STAMP)
-	HTGRPO_THREADS=2 $(HTGRPO) pretrain --config configs/tiny.yaml --out .cache/base-stage1 --snapshots .cache/snapshots
-	HTGRPO_THREADS=2 $(HTGRPO) pretrain --config configs/tiny.yaml --init .cache/base-stage1 --out $(CHECKPOINT) \
-		--set pretrain.steps=900 --set pretrain.time_budget_min=19 --set pretrain.warmup_steps=20 --set pretrain.lr=0.001
+	HTGRPO_THREADS=2 $(HTGRPO) pretrain --config configs/tiny.yaml --out $(CHECKPOINT) --snapshots .cache/snapshots
 
 curve: $(STAMP)
-	$(PY) benchmarks/pretrain_curve.py --snapshots .cache/snapshots --out benchmarks/results/pretrain_curve
+	$(PY) benchmarks/pretrain_curve.py --snapshots .cache/snapshots --out benchmarks/results/pretrain_curve \
+		--baseline benchmarks/results/pretrain_curve_plain.json
 
 bench-overhead: $(STAMP)
 	$(PY) benchmarks/pipeline_overhead.py --sweep 4,16,32 --out benchmarks/results/pipeline_overhead
