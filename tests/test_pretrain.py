@@ -151,11 +151,11 @@ def test_loss_is_zero_for_a_perfect_model(tokenizer, batch, monkeypatch):
 
 
 def test_fill_share_is_one_then_falls_linearly_to_zero():
-    pc = CFG.pretrain.model_copy(update={"fill_steps": 3, "fill_decay_steps": 3})
+    pc = CFG.pretrain.model_copy(update={"fill_steps": 3, "fill_decay_steps": 3, "fill_final_share": 0.0})
     assert [fill_share(pc, s) for s in range(8)] == [1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
-    off = CFG.pretrain.model_copy(update={"fill_steps": 0, "fill_decay_steps": 0})
+    off = CFG.pretrain.model_copy(update={"fill_steps": 0, "fill_decay_steps": 0, "fill_final_share": 0.0})
     assert [fill_share(off, s) for s in range(3)] == [0.0, 0.0, 0.0]
-    sharp = CFG.pretrain.model_copy(update={"fill_steps": 2, "fill_decay_steps": 0})
+    sharp = CFG.pretrain.model_copy(update={"fill_steps": 2, "fill_decay_steps": 0, "fill_final_share": 0.0})
     assert [fill_share(sharp, s) for s in range(4)] == [1.0, 1.0, 0.0, 0.0]
     kept = CFG.pretrain.model_copy(update={"fill_steps": 1, "fill_decay_steps": 3, "fill_final_share": 0.2})
     assert [round(fill_share(kept, s), 6) for s in range(6)] == [1.0, 0.8, 0.6, 0.4, 0.2, 0.2]
@@ -226,6 +226,7 @@ def test_pretrain_runs_the_fill_curriculum(tmp_path, monkeypatch):
             "pretrain.batch_size=16",
             "pretrain.fill_steps=2",
             "pretrain.fill_decay_steps=3",
+            "pretrain.fill_final_share=0.0",
             "world.dataset_size=128",
             f"world.cache_dir={tmp_path / 'cache'}",
             "tokenizer.codebook_size=32",
@@ -260,6 +261,7 @@ def test_after_the_hand_over_fill_mode_keeps_to_fill_final_tasks(tmp_path, monke
             "pretrain.steps=5",
             "pretrain.batch_size=64",
             "pretrain.fill_steps=1",
+            "pretrain.fill_decay_steps=0",
             "pretrain.fill_final_share=1.0",
             "pretrain.fill_final_tasks=[colors]",
             "pretrain.cond_dropout=0.0",
