@@ -9,7 +9,8 @@ leaves colour words at chance (benchmarks/results/colour_binding.md). For the fi
 trained in *fill* mode: all object cells masked, the background visible, the loss on the object cells (weight 1).
 With nothing to copy and the positions given, the only way to lower that loss is to read shape *and colour* off the
 prompt. Fill mode leaks a pattern (masked = object) that generation must not learn, so its share then falls
-linearly to zero over ``fill_decay_steps`` and the rest of the run is the plain objective.
+linearly over ``fill_decay_steps`` to ``fill_final_share``, kept for the rest of the run (optionally only for the
+scenes of ``fill_final_tasks``) so that the binding does not fade; the other scenes get the plain objective.
 """
 
 from __future__ import annotations
