@@ -120,6 +120,22 @@ def test_unknown_task_in_task_weights(tmp_path):
     assert "'juggling'" in msg
 
 
+@pytest.mark.parametrize(
+    "yaml_text, cause",
+    [
+        ("pretrain:\n  task_weights:\n    juggling: 1.0\n", "'juggling'"),
+        ("pretrain:\n  task_weights:\n    counting: -1\n", "task_weights.counting: must be >= 0"),
+        ("pretrain:\n  task_weights:\n    counting: 0\n", "at least one task needs a positive weight"),
+    ],
+)
+def test_bad_pretrain_task_weights_are_named(tmp_path, yaml_text, cause):
+    path = write(tmp_path, yaml_text)
+    msg = load_error(path)
+    assert str(path) in msg
+    assert "pretrain.task_weights" in msg
+    assert cause in msg
+
+
 def test_d_model_not_divisible_by_heads(tmp_path):
     path = write(tmp_path, "backbone:\n  d_model: 100\n  n_heads: 6\n")
     msg = load_error(path)

@@ -13,7 +13,14 @@ from htgrpo.backbones.base import MASK_CODE
 from htgrpo.backbones.tiny import TinyBackbone
 from htgrpo.checkpoint import load_checkpoint, verify_checkpoint
 from htgrpo.config import load_config
-from htgrpo.pretrain import PromptTable, fill_share, masked_diffusion_loss, object_codes, pretrain
+from htgrpo.pretrain import (
+    PromptTable,
+    fill_share,
+    masked_diffusion_loss,
+    object_codes,
+    pretrain,
+    scene_world,
+)
 from htgrpo.tokenizers.kmeans import PatchKMeansTokenizer
 from htgrpo.world.dataset import draw_prompts, render_rows, splits_for
 
@@ -394,3 +401,17 @@ def test_tiny_pretrain_run_writes_a_loadable_checkpoint(tmp_path):
     # a single small step from the loaded weights: close to them, unlike a fresh initialisation
     delta = max((first[k] - again.state_dict()[k]).abs().max().item() for k in first)
     assert delta < 0.05
+
+
+def test_pretrain_task_weights_set_the_scene_mix_and_leave_the_rl_mix():
+    assert scene_world(CFG) is CFG.world  # unset: the pretraining scenes follow world.task_weights
+    cfg = load_config(
+        ROOT / "configs" / "tiny.yaml", [*SMALL, "pretrain.task_weights={color_attr: 3, counting: 1}"]
+    )
+    world = scene_world(cfg)
+    assert world.task_weights == {"color_attr": 3.0, "counting": 1.0}
+    assert cfg.world.task_weights == CFG.world.task_weights  # RL still draws its prompts by the world's mix
+    index = draw_prompts(SPLITS.train, world.task_weights, 4000, np.random.default_rng(0))
+    tags = [SPLITS.train[i]["tag"] for i in index]
+    assert set(tags) == {"color_attr", "counting"}
+    assert 0.70 < tags.count("color_attr") / len(tags) < 0.80

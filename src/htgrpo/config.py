@@ -153,6 +153,17 @@ class TokenizerConfig(_Frozen):
     seed: int = Field(0, description="Seed for the codebook's initialisation and training images.")
 
 
+def check_task_mapping(name: str, mapping: dict[str, float], weights: bool = False) -> None:
+    """Task-keyed settings: known task names, no negative value, and (weights) at least one positive."""
+    for key, value in mapping.items():
+        if key not in TASKS:
+            raise ValueError(f"{name}: unknown task {key!r}; expected one of {', '.join(TASKS)}")
+        if value < 0:
+            raise ValueError(f"{name}.{key}: must be >= 0 (got {value})")
+    if weights and sum(mapping.values()) <= 0:
+        raise ValueError(f"{name}: at least one task needs a positive weight")
+
+
 class WorldConfig(_Frozen):
     grid: int = Field(6, ge=3, le=16, description="Cells per side; one cell (8x8 pixels) is one image token.")
     background: Literal["themes", "random"] = Field(
@@ -188,21 +199,17 @@ class WorldConfig(_Frozen):
     )
     task_weights: dict[str, float] = Field(
         default_factory=lambda: dict.fromkeys(TASKS, 1.0),
-        description="Relative frequency of each task when training prompts are drawn.",
+        description="Relative frequency of each task when training prompts are drawn (RL prompts, and the "
+        "pretraining scenes unless pretrain.task_weights is set); a task left out is never drawn.",
     )
     dataset_size: int = Field(200_000, gt=0, description="Pre-rendered training scenes (cached on disk).")
     cache_dir: str = Field(".cache/htgrpo", description="Where pre-rendered datasets are cached.")
 
     @model_validator(mode="after")
     def _known_tasks(self) -> WorldConfig:
-        for name in ("test_per_task", "val_per_task", "task_weights"):
-            for key, value in getattr(self, name).items():
-                if key not in TASKS:
-                    raise ValueError(f"{name}: unknown task {key!r}; expected one of {', '.join(TASKS)}")
-                if value < 0:
-                    raise ValueError(f"{name}.{key}: must be >= 0 (got {value})")
-        if sum(self.task_weights.values()) <= 0:
-            raise ValueError("task_weights: at least one task needs a positive weight")
+        for name in ("test_per_task", "val_per_task"):
+            check_task_mapping(name, getattr(self, name))
+        check_task_mapping("task_weights", self.task_weights, weights=True)
         return self
 
 
@@ -264,6 +271,20 @@ class PretrainConfig(_Frozen):
         bad = [t for t in v if t not in TASKS]
         if bad:
             raise ValueError(f"unknown task(s) {bad}; tasks are {', '.join(TASKS)}")
+        return v
+
+    task_weights: dict[str, float] | None = Field(
+        None,
+        description="Relative frequency of each task among the pretraining scenes and the tokenizer's fitting "
+        "images (a task left out is never drawn); null: world.task_weights. Kept apart from world.task_weights "
+        "so that a pretraining mix does not change the RL prompt mix.",
+    )
+
+    @field_validator("task_weights")
+    @classmethod
+    def _known_weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None:
+            check_task_mapping("task_weights", v, weights=True)
         return v
 
     ema_decay: float = Field(0.995, ge=0, lt=1, description="EMA of the weights that is saved (0 disables).")

@@ -29,12 +29,18 @@ from tqdm.auto import tqdm
 from htgrpo.backbones.base import MASK_CODE, PromptBatch
 from htgrpo.backbones.tiny import TinyBackbone
 from htgrpo.checkpoint import save_checkpoint
-from htgrpo.config import Config, PretrainConfig
+from htgrpo.config import Config, PretrainConfig, WorldConfig
 from htgrpo.errors import ConfigError
 from htgrpo.rl.adamw import AdamW
 from htgrpo.tokenizers.kmeans import PatchKMeansTokenizer
 from htgrpo.world.dataset import WorldDataset, build_dataset, draw_prompts, render_rows, splits_for
 from htgrpo.world.render import render, sample_scene
+
+
+def scene_world(cfg: Config) -> WorldConfig:
+    """The world the pretraining scenes are drawn from: cfg.world with pretrain.task_weights as its task mix."""
+    weights = cfg.pretrain.task_weights
+    return cfg.world if weights is None else cfg.world.model_copy(update={"task_weights": dict(weights)})
 
 
 def train_tokenizer(cfg: Config, progress: bool = True) -> PatchKMeansTokenizer:
@@ -48,7 +54,7 @@ def train_tokenizer(cfg: Config, progress: bool = True) -> PatchKMeansTokenizer:
     splits = splits_for(cfg.world)
     rng = np.random.default_rng(tc.seed + 7919)
     pool = splits.train + splits.unseen
-    index = draw_prompts(pool, cfg.world.task_weights, tc.train_images, rng)
+    index = draw_prompts(pool, scene_world(cfg).task_weights, tc.train_images, rng)
     images = render_rows([pool[i] for i in index], rng, cfg.world.grid, background=cfg.world.background)
     return PatchKMeansTokenizer.fit(images, tc.codebook_size, tc.iterations, tc.seed, progress=progress)
 
@@ -62,7 +68,7 @@ def object_codes(cfg: Config, tokenizer: PatchKMeansTokenizer, scenes: int = 300
     splits = splits_for(cfg.world)
     pool = splits.train + splits.unseen
     rng = np.random.default_rng(cfg.pretrain.seed + 104729)
-    index = draw_prompts(pool, cfg.world.task_weights, scenes, rng)
+    index = draw_prompts(pool, scene_world(cfg).task_weights, scenes, rng)
     grid = cfg.world.grid
     scene_list = [sample_scene(pool[i], rng, grid, background=cfg.world.background) for i in index]
     codes = tokenizer.encode(np.stack([render(sc) for sc in scene_list]))
@@ -174,7 +180,7 @@ def pretrain(
     if tokenizer is None:
         tokenizer = train_tokenizer(cfg, progress)
     if dataset is None:
-        dataset = build_dataset(cfg.world, tokenizer, seed=pc.seed, progress=progress)
+        dataset = build_dataset(scene_world(cfg), tokenizer, seed=pc.seed, progress=progress)
     backbone = TinyBackbone(cfg.backbone, tokenizer, cfg.world.grid)
     if start_weights is not None:
         backbone.load_state_dict(start_weights, strict=True)
