@@ -3,7 +3,10 @@ the checkpoint's own sampler), with the recipe read from its saved config and th
 ``binding_probe.py`` (colour given shape on the validation split's colour prompts; chance about 0.11).
 
     python benchmarks/pretrain_recipes.py --run plain=.cache/old-base --run fill=checkpoints/base \\
-        --out benchmarks/results/pretrain_recipes
+        --out benchmarks/results/pretrain_recipes [--reuse benchmarks/results/pretrain_recipes.json]
+
+Scoring is seeded, so ``--reuse`` takes a run's row from an earlier results file when its label and checkpoint
+path match, instead of sampling it again.
 """
 
 from __future__ import annotations
@@ -35,11 +38,19 @@ def score(label: str, checkpoint: str, split: str) -> dict:
         "label": label,
         "checkpoint": checkpoint,
         "recipe": {k: pretrain[k] for k in RECIPE_KEYS},
+        "task_weights": dict(cfg.world.task_weights),
         "trained": saved.get("extra", {}),
         "summary": report["summary"],
         "colour_given_shape": {t: colour[t]["colour_given_shape"] for t in ("colors", "color_attr")},
         "prompts_with_reward_spread": report["prompts_with_reward_spread"],
     }
+
+
+def weights_label(weights: dict[str, float] | None) -> str:
+    """The training task weights other than the default 1 ("–" when every task is drawn equally often)."""
+    if not weights or len(set(weights.values())) == 1:
+        return "–"
+    return ", ".join(f"{task} {w:g}" for task, w in weights.items() if w != 1)
 
 
 def render(data: dict) -> list[str]:
@@ -49,13 +60,14 @@ def render(data: dict) -> list[str]:
         "",
         "Fill mode: every object cell masked, the background visible, the loss on the object cells. `fill` is "
         "steps of fill mode only, `hand-over` the steps over which its share falls to `kept`, the share kept "
-        "for the rest of the run (for the scenes of `kept for`; all tasks when empty). Colour given shape is "
-        "the probe on the validation split's colour prompts (chance about 0.11).",
+        "for the rest of the run (for the scenes of `kept for`; all tasks when empty). `task weights` are the "
+        "relative frequencies of the tasks among the training scenes other than the default 1 (`world."
+        "task_weights`; – when all tasks are drawn equally often). Colour given shape is the probe on the validation split's colour prompts (chance about 0.11).",
         "",
-        "| recipe | steps | fill | hand-over | kept | kept for | minutes | overall | "
+        "| recipe | steps | fill | hand-over | kept | kept for | task weights | minutes | overall | "
         + " | ".join(tasks)
         + " | colour given shape (colors / color_attr) |",
-        "|" + "---|" * (9 + len(tasks)),
+        "|" + "---|" * (10 + len(tasks)),
     ]
     for r in data["results"]:
         rc, s = r["recipe"], r["summary"]
@@ -63,6 +75,7 @@ def render(data: dict) -> list[str]:
         lines.append(
             f"| {r['label']} | {r['trained'].get('step') or '–'} | {rc['fill_steps']} | "
             f"{rc['fill_decay_steps']} | {rc['fill_final_share']} | {', '.join(rc['fill_final_tasks']) or '–'} | "
+            f"{weights_label(r.get('task_weights'))} | "
             f"{'–' if minutes is None else f'{minutes / 60:.1f}'} | {s['overall']:.3f} | "
             + " | ".join(f"{s[t]:.3f}" for t in tasks)
             + f" | {r['colour_given_shape']['colors']:.3f} / {r['colour_given_shape']['color_attr']:.3f} |"
@@ -81,6 +94,7 @@ def main() -> None:
         metavar="LABEL=MINUTES",
         help="the pretraining time of a run whose checkpoint records only its last stage",
     )
+    ap.add_argument("--reuse", help="an earlier results JSON whose rows are kept for the same label and path")
     ap.add_argument("--split", default="test")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/pretrain_recipes")
@@ -100,10 +114,18 @@ def main() -> None:
             minutes[label] = float(value)
         except ValueError:
             raise SystemExit(f"--minutes {item!r}: expected LABEL=MINUTES") from None
+    earlier = {}
+    if args.reuse:
+        try:
+            previous = json.loads(Path(args.reuse).read_text())
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"--reuse {args.reuse}: cannot read it ({err})") from None
+        if previous.get("split") == args.split:
+            earlier = {(r["label"], r["checkpoint"]): r for r in previous.get("results", [])}
     torch.set_num_threads(args.threads)
     results = []
     for label, path in runs:
-        results.append(score(label, path, args.split))
+        results.append(earlier.get((label, path)) or score(label, path, args.split))
         if label in minutes:
             # the checkpoint's own step and time are its last stage's: show the total time, not that step
             results[-1]["trained"] |= {"seconds": minutes[label] * 60, "step": None}
