@@ -61,14 +61,14 @@ BACKGROUND_THEMES: tuple[tuple[tuple[int, int, int], tuple[int, int, int], str],
 """Gradient themes (start colour, end colour, direction) of the default background. A scene draws one at random,
 so the background is a global choice the sampler must make and then paint consistently across every
 background token; with a handful of themes that choice is learnable in minutes, where gradients between
-arbitrary random colours left a 2.9 M-parameter model ignoring its prompt after 30 minutes (their irreducible
-colour entropy swamped the object signal in the loss)."""
+arbitrary random colours left a 2.9 M-parameter prototype backbone ignoring its prompt after 30 minutes
+(their irreducible colour entropy swamped the object signal in the loss)."""
 
 TILE_RGB = (238, 238, 238)
 """Every object is drawn on a light-grey tile filling its cell, so an object's patch (hence its image code) does
 not depend on the background gradient around it: one code per shape and colour. With the gradient showing
-through, k-means spent ~6 codes per object type on background variants, which split the "object here" signal
-and left a 2.9 M-parameter model predicting background everywhere after 30 minutes."""
+through, k-means spent ~6 codes per object type on background variants, which split the "object here"
+signal and left a 2.9 M-parameter prototype backbone predicting background everywhere after 30 minutes."""
 COLOR_RGB = np.array([COLORS[c] for c in COLOR_NAMES], dtype=np.float32)
 
 # A pixel is background when it is light and nearly grey; every object colour fails this test.
