@@ -107,7 +107,7 @@ pretrain: $(STAMP)
 
 curve: $(STAMP)
 	$(PY) benchmarks/pretrain_curve.py --snapshots .cache/snapshots --out benchmarks/results/pretrain_curve \
-		--baseline benchmarks/results/pretrain_curve_plain.json
+		--baseline benchmarks/results/pretrain_curve_even_mix.json
 
 bench-overhead: $(STAMP)
 	$(PY) benchmarks/pipeline_overhead.py --sweep 4,16,32 --out benchmarks/results/pipeline_overhead

@@ -5,8 +5,8 @@ the checkpoint's own sampler), with the recipe read from its saved config and th
     python benchmarks/pretrain_recipes.py --run plain=.cache/old-base --run fill=checkpoints/base \\
         --out benchmarks/results/pretrain_recipes [--reuse benchmarks/results/pretrain_recipes.json]
 
-Scoring is seeded, so ``--reuse`` takes a run's row from an earlier results file when its label and checkpoint
-path match, instead of sampling it again.
+Scoring is seeded, so ``--reuse`` takes a run's row from an earlier results file when its checkpoint path
+matches (under the label given now), instead of sampling it again.
 """
 
 from __future__ import annotations
@@ -94,7 +94,9 @@ def main() -> None:
         metavar="LABEL=MINUTES",
         help="the pretraining time of a run whose checkpoint records only its last stage",
     )
-    ap.add_argument("--reuse", help="an earlier results JSON whose rows are kept for the same label and path")
+    ap.add_argument(
+        "--reuse", help="an earlier results JSON whose rows are kept for the same checkpoint path"
+    )
     ap.add_argument("--split", default="test")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/pretrain_recipes")
@@ -121,11 +123,12 @@ def main() -> None:
         except (OSError, ValueError) as err:
             raise SystemExit(f"--reuse {args.reuse}: cannot read it ({err})") from None
         if previous.get("split") == args.split:
-            earlier = {(r["label"], r["checkpoint"]): r for r in previous.get("results", [])}
+            earlier = {r["checkpoint"]: r for r in previous.get("results", [])}
     torch.set_num_threads(args.threads)
     results = []
     for label, path in runs:
-        results.append(earlier.get((label, path)) or score(label, path, args.split))
+        row = earlier.get(path)
+        results.append(row | {"label": label} if row else score(label, path, args.split))
         if label in minutes:
             # the checkpoint's own step and time are its last stage's: show the total time, not that step
             results[-1]["trained"] |= {"seconds": minutes[label] * 60, "step": None}

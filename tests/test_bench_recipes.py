@@ -97,7 +97,7 @@ def test_weights_label(bench):
     )
 
 
-def test_reuse_keeps_rows_of_the_same_label_and_path(bench, monkeypatch, tmp_path):
+def test_reuse_keeps_rows_of_the_same_checkpoint_under_the_new_label(bench, monkeypatch, tmp_path):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "manifest.json").write_text("{}")
@@ -109,11 +109,11 @@ def test_reuse_keeps_rows_of_the_same_label_and_path(bench, monkeypatch, tmp_pat
     monkeypatch.setattr(
         sys,
         "argv",
-        ["pretrain_recipes.py", "--run", f"a={ckpt}", "--reuse", str(previous), "--out", str(out)],
+        ["pretrain_recipes.py", "--run", f"renamed={ckpt}", "--reuse", str(previous), "--out", str(out)],
     )
     bench.main()
     written = json.loads(out.with_suffix(".json").read_text())
-    assert [r["summary"]["overall"] for r in written["results"]] == [0.321]
+    assert [(r["label"], r["summary"]["overall"]) for r in written["results"]] == [("renamed", 0.321)]
 
 
 def test_unreadable_reuse_file_is_named(bench, monkeypatch, tmp_path):
