@@ -37,7 +37,7 @@ help:
 	@echo "make chart     - helm lint the chart (installs helm and kubectl into $(TOOLS))"
 	@echo "make images    - build the CPU and CUDA images (needs a Docker daemon); push-images pushes them"
 	@echo "make mlflow-ui - the MLflow UI of the demo's runs on http://127.0.0.1:$(MLFLOW_PORT)"
-	@echo "make pretrain  - regenerate the base checkpoint from its seeds (under 60 minutes on 2 cores)"
+	@echo "make pretrain  - regenerate the base checkpoint from its seeds (about 25 minutes on 2 cores)"
 	@echo "make curve     - score pretraining snapshots: benchmarks/results/pretrain_curve.*"
 	@echo "make bench-sampler - sampler throughput: benchmarks/results/sampler.*"
 	@echo "make bench-overhead - local pipeline vs htgrpo train at 3 sizes of round: benchmarks/results/pipeline_overhead.*"
