@@ -404,7 +404,8 @@ def test_tiny_pretrain_run_writes_a_loadable_checkpoint(tmp_path):
 
 
 def test_pretrain_task_weights_set_the_scene_mix_and_leave_the_rl_mix():
-    assert scene_world(CFG) is CFG.world  # unset: the pretraining scenes follow world.task_weights
+    unset = load_config(ROOT / "configs" / "tiny.yaml", [*SMALL, "pretrain.task_weights=null"])
+    assert scene_world(unset) is unset.world  # unset: the pretraining scenes follow world.task_weights
     cfg = load_config(
         ROOT / "configs" / "tiny.yaml", [*SMALL, "pretrain.task_weights={color_attr: 3, counting: 1}"]
     )
