@@ -28,6 +28,7 @@ RECIPE_KEYS = ("steps", "fill_steps", "fill_decay_steps", "fill_final_share", "f
 def score(label: str, checkpoint: str, split: str) -> dict:
     from htgrpo.checkpoint import load_checkpoint
     from htgrpo.evaluate import evaluate_shapes
+    from htgrpo.pretrain import scene_world
 
     backbone, cfg = load_checkpoint(checkpoint)
     saved = json.loads((Path(checkpoint) / "config.json").read_text())
@@ -38,7 +39,7 @@ def score(label: str, checkpoint: str, split: str) -> dict:
         "label": label,
         "checkpoint": checkpoint,
         "recipe": {k: pretrain[k] for k in RECIPE_KEYS},
-        "task_weights": dict(cfg.world.task_weights),
+        "task_weights": dict(scene_world(cfg).task_weights),
         "trained": saved.get("extra", {}),
         "summary": report["summary"],
         "colour_given_shape": {t: colour[t]["colour_given_shape"] for t in ("colors", "color_attr")},
@@ -61,8 +62,9 @@ def render(data: dict) -> list[str]:
         "Fill mode: every object cell masked, the background visible, the loss on the object cells. `fill` is "
         "steps of fill mode only, `hand-over` the steps over which its share falls to `kept`, the share kept "
         "for the rest of the run (for the scenes of `kept for`; all tasks when empty). `task weights` are the "
-        "relative frequencies of the tasks among the training scenes other than the default 1 (`world."
-        "task_weights`; – when all tasks are drawn equally often). Colour given shape is the probe on the validation split's colour prompts (chance about 0.11).",
+        "relative frequencies of the tasks among the pretraining scenes other than the default 1 "
+        "(`pretrain.task_weights`, else `world.task_weights`; – when all tasks are drawn equally often). "
+        "Colour given shape is the probe on the validation split's colour prompts (chance about 0.11).",
         "",
         "| recipe | steps | fill | hand-over | kept | kept for | task weights | minutes | overall | "
         + " | ".join(tasks)
