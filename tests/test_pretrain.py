@@ -416,3 +416,23 @@ def test_pretrain_task_weights_set_the_scene_mix_and_leave_the_rl_mix():
     tags = [SPLITS.train[i]["tag"] for i in index]
     assert set(tags) == {"color_attr", "counting"}
     assert 0.70 < tags.count("color_attr") / len(tags) < 0.80
+
+
+@pytest.mark.parametrize("stage", ["tokenizer", "object_codes"])
+def test_tokenizer_and_object_codes_draw_from_the_pretraining_mix(monkeypatch, stage):
+    import htgrpo.pretrain as pretrain_module
+
+    class Drawn(Exception):
+        pass
+
+    def record(rows, weights, n, rng):
+        raise Drawn(dict(weights))
+
+    monkeypatch.setattr(pretrain_module, "draw_prompts", record)
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [*SMALL, "pretrain.task_weights={color_attr: 3}"])
+    with pytest.raises(Drawn) as drawn:
+        if stage == "tokenizer":
+            pretrain_module.train_tokenizer(cfg, progress=False)
+        else:
+            object_codes(cfg, tokenizer=None, scenes=8)
+    assert drawn.value.args[0] == {"color_attr": 3.0}
