@@ -266,8 +266,6 @@ class PretrainConfig(_Frozen):
     @field_validator("fill_final_tasks")
     @classmethod
     def _known_tasks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        from htgrpo.world.grammar import TASKS
-
         bad = [t for t in v if t not in TASKS]
         if bad:
             raise ValueError(f"unknown task(s) {bad}; tasks are {', '.join(TASKS)}")
