@@ -371,14 +371,33 @@ class RLConfig(_Frozen):
         "binary",
         description="ht-grpo HCA weights: binary u = 1+alpha on structure tokens; rank u = 1+alpha*(1-rank/N).",
     )
-    partition: Literal["commit", "entropy0", "entropy0_high"] = Field(
+    partition: Literal[
+        "commit", "entropy0", "entropy0_high", "oracle", "prompt_pmi", "group_disagreement"
+    ] = Field(
         "commit",
-        description="ht-grpo token partition: commit (step, then entropy, ascending), entropy0 (ascending), "
-        "entropy0_high (descending, ablation).",
+        description="ht-grpo token partition (htgrpo.rl.hierarchy): commit (step, then entropy, ascending), "
+        "entropy0 (ascending), entropy0_high (descending, ablation), oracle (the decoded object cells; shapes "
+        "world only, the upper bound), prompt_pmi (tokens whose log-prob the prompt raises most, at the fully "
+        "masked state), group_disagreement (positions where a prompt's G samples differ most).",
     )
-    estimator: Literal["staged", "fully_masked"] = Field(
+    estimator: Literal["staged", "fully_masked", "trajectory"] = Field(
         "staged",
-        description="ht-grpo visibility: staged (§4.6 table) or fully_masked (V = 0 in every stage).",
+        description="ht-grpo visibility: staged (§4.6 table, re-masking the final image), fully_masked (V = 0 "
+        "in every stage) or trajectory (structure and refinement replay the rollout's own early and late steps "
+        "from the fully masked state; the global stage as in staged).",
+    )
+    optimizer_steps: int | None = Field(
+        None,
+        gt=0,
+        description="Optimizer steps per rollout batch. The inner iterations are split into this many "
+        "consecutive groups whose gradients are accumulated into one step (a coupled pair, TraceGRPO's "
+        "replayed windows), so that methods can be compared at equal steps. null: one step per inner "
+        "iteration; ht-grpo with estimator=trajectory always takes n_global + n_struct + n_refine.",
+    )
+    task_weights: dict[str, float] | None = Field(
+        None,
+        description="Task mix of the RL prompt draws (task -> weight; a task left out is never drawn). null: "
+        "every task of the prompt pool equally, whatever mix the base was pretrained on.",
     )
     clip_eps: float | None = Field(
         None, gt=0, description="PPO clip range eps (method default: 0.2; d1 0.5)."
@@ -405,8 +424,9 @@ class RLConfig(_Frozen):
         (0.1, 0.9), description="coupled: range [lo, hi] of the per-sample mask ratio t ~ U[lo, hi]."
     )
     rewards: dict[str, float] = Field(
-        default_factory=lambda: {"geneval_partial": 1.0},
-        description="Reward functions (names from the reward registry) and their weights; total = sum w*r.",
+        default_factory=lambda: {"geneval_aligned": 1.0},
+        description="Reward functions (names from the reward registry) and their weights; total = sum w*r. "
+        "geneval_aligned agrees with GenEval's metric; geneval_partial is Flow-GRPO's rule (exact counts).",
     )
     advantage_clip: float | None = Field(
         None, gt=0, description="Clip advantages to [-c, c] (Flow-GRPO uses 5); null disables."
@@ -487,6 +507,8 @@ class RLConfig(_Frozen):
                     "partition=commit ranks by commit step, which the emerge sampler draws at random; "
                     "use partition=entropy0 with rollout_sampler=emerge (§4.4)"
                 )
+        if self.task_weights is not None:
+            check_task_mapping("task_weights", self.task_weights, weights=True)
         if self.method == "tracegrpo" and self.inner_iterations is not None:
             raise ValueError(
                 "tracegrpo replays the rollout: K is ceil(T / trace_shrink); set trace_shrink, not inner_iterations"
@@ -704,6 +726,15 @@ class Config(_Frozen):
         default_factory=PipelineConfig, description="The Kubeflow pipeline (images, node pools, secrets)."
     )
     rl: RLConfig = Field(default_factory=RLConfig, description="Online RL fine-tuning (htgrpo train).")
+
+    @model_validator(mode="after")
+    def _oracle_needs_the_shapes_world(self) -> Config:
+        if self.rl.method == "ht-grpo" and self.rl.partition == "oracle" and self.backbone.kind != "tiny":
+            raise ValueError(
+                f"rl.partition: 'oracle' reads the object cells of the shapes world's decoded images, and "
+                f"backbone.kind is {self.backbone.kind!r}; use prompt_pmi or group_disagreement on real images"
+            )
+        return self
 
 
 def format_errors(exc: ValidationError, source: str) -> str:

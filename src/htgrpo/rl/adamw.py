@@ -69,9 +69,13 @@ class AdamW:
                     p.grad.detach_().zero_()
 
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, lr_scale: float = 1.0) -> None:
+        """One AdamW update; ``lr_scale`` multiplies every group's learning rate for this step only (the trainer's
+        per-step credit, e.g. HT-GRPO's stage weight)."""
+        if not (math.isfinite(lr_scale) and lr_scale >= 0):
+            raise ValueError(f"AdamW.step: lr_scale must be finite and >= 0 (got {lr_scale})")
         for g in self.param_groups:
-            lr, (beta1, beta2), eps, wd = g["lr"], g["betas"], g["eps"], g["weight_decay"]
+            lr, (beta1, beta2), eps, wd = g["lr"] * lr_scale, g["betas"], g["eps"], g["weight_decay"]
             for p in g["params"]:
                 if p.grad is None:
                     continue

@@ -2,7 +2,7 @@
 
 Per RL step:
 
-1. draw ``prompts_per_step`` prompts from the prompt pool (tasks weighted by ``world.task_weights``);
+1. draw ``prompts_per_step`` prompts from the prompt pool (tasks weighted by ``rl.task_weights``, else evenly);
 2. roll out G images per prompt with the rollout sampler under theta (= theta_old), with CFG, recording commit
    steps and entropies; decode them;
 3. score them with the mixed reward; group z-score advantages (non-finite rewards dropped and counted);
@@ -68,10 +68,12 @@ from htgrpo.prompts import check_prompt_pool, load_prompt_pool
 from htgrpo.rl.adamw import AdamW
 from htgrpo.rl.advantages import PerPromptStatTracker
 from htgrpo.rl.estimators import IterationPlan, RolloutRecord, build_estimator
+from htgrpo.rl.hierarchy import SCORED_RULES
 from htgrpo.rl.loss import LossOutput, grpo_loss, policy_log_probs
 from htgrpo.rl.phases import RolloutBatch, ScoredBatch
 from htgrpo.rl.rewards import mixed_reward
 from htgrpo.rl.scoring import score_rollout
+from htgrpo.rl.structure_scores import group_disagreement, oracle_object_cells, prompt_pmi
 from htgrpo.sampling import sample
 from htgrpo.sampling.core import model_device
 from htgrpo.world.dataset import draw_prompts
@@ -337,10 +339,16 @@ class GRPOTrainer:
             policy.encode_prompts([r["prompt"] for r in self.prompts])
         except PromptError as exc:
             raise RLError(f"rl.prompts {self.rl.prompts!r}: {exc}") from None
-        weights = cfg.world.task_weights
-        if not any(weights.get(r["tag"], 0) > 0 for r in self.prompts):
+        # the RL task mix is the run's (rl.task_weights), or even over the pool's tasks: never the mix the base
+        # happened to be pretrained on
+        pool_tasks = [t for t in TASKS if any(r["tag"] == t for r in self.prompts)]
+        self.task_weights = (
+            dict(self.rl.task_weights) if self.rl.task_weights is not None else dict.fromkeys(pool_tasks, 1.0)
+        )
+        if not any(self.task_weights.get(t, 0) > 0 for t in pool_tasks):
             raise RLError(
-                f"no prompt of the set {self.rl.prompts!r} belongs to a task with a positive world.task_weights"
+                f"rl.task_weights {self.rl.task_weights}: no prompt of the pool {self.rl.prompts!r} belongs to a "
+                f"task with a positive weight (the pool has {', '.join(pool_tasks) or 'no task'})"
             )
         self.sampler_cfg = self.rl.rollout_sampler_config(cfg.sampler)
         self.num_iterations = self.estimator.num_iterations(self.sampler_cfg.steps)
@@ -416,10 +424,7 @@ class GRPOTrainer:
     def step_prompts(self) -> list[int]:
         """Indices (into the prompt pool) of the ``prompts_per_step`` prompts of RL step ``self.step + 1``."""
         rng = np.random.default_rng(self._seed("prompts"))
-        return [
-            int(i)
-            for i in draw_prompts(self.prompts, self.cfg.world.task_weights, self.rl.prompts_per_step, rng)
-        ]
+        return [int(i) for i in draw_prompts(self.prompts, self.task_weights, self.rl.prompts_per_step, rng)]
 
     def rollout(self, shard: int = 0, shards: int = 1) -> RolloutBatch:
         """G images for each prompt of shard ``shard`` (of ``shards`` contiguous shards) of this step's prompts.
@@ -490,12 +495,45 @@ class GRPOTrainer:
         _sync(self.device)
         return time.perf_counter() - t0
 
+    def step_groups(self, plans: Sequence[IterationPlan]) -> list[list[int]]:
+        """The runnable plans' indices grouped into optimizer steps, in order.
+
+        Plans that name their ``step_group`` are grouped by it; otherwise ``rl.optimizer_steps`` consecutive groups
+        (one plan each when it is null). A group never spans two stages: the pipeline runs each stage on its own.
+        """
+        n = len(plans)
+        if n == 0:
+            return []
+        if all(p.step_group is not None for p in plans):
+            keys = [p.step_group for p in plans]
+        elif self.rl.optimizer_steps:
+            keys = [
+                int(i)
+                for i, part in enumerate(np.array_split(np.arange(n), min(self.rl.optimizer_steps, n)))
+                for _ in part
+            ]
+        else:
+            keys = list(range(n))
+        groups: list[list[int]] = []
+        for k, plan in enumerate(plans):
+            prev = plans[groups[-1][-1]] if groups else None
+            if prev is None or keys[k] != keys[groups[-1][-1]] or prev.stage != plan.stage:
+                groups.append([k])
+            else:
+                groups[-1].append(k)
+        return groups
+
     def update(
         self, upd: UpdateBatch, stages: Sequence[str] | None = None
     ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], float]:
-        """The inner iterations of the given stages (all when None), in plan order.
+        """The optimizer steps of the given stages (all when None), in plan order.
 
-        Returns the per-stage summaries, the per-iteration records and the seconds taken.
+        Each step accumulates the gradients of its group of plans (``step_groups``) and is normalised over the
+        whole group (sum |U|, or the (sample, plan) pairs with a non-empty U). HCA's stage credit enters as a
+        step size (see ``htgrpo.rl.estimators.htgrpo``): the loss's weights are divided by the step's mean weight
+        over its scored tokens, w_bar, and the learning rate is multiplied by it.
+
+        Returns the per-stage summaries, the per-step records and the seconds taken.
         """
         rl, dev = self.rl, self.device
         if upd.old is None:
@@ -505,37 +543,44 @@ class GRPOTrainer:
         iterations = []
         params = [p for p in self.policy.parameters() if p.requires_grad]
         self.policy.train()
-        for k, plan in enumerate(upd.runnable):
-            if stages is not None and plan.stage not in stages:
+        for group in self.step_groups(upd.runnable):
+            plans = [upd.runnable[k] for k in group]
+            if stages is not None and plans[0].stage not in stages:
                 continue
-            update = plan.update.to(dev)
-            weights = plan.weights.to(dev)
-            counts = update.sum(1)
-            denom = float(counts.sum()) if rl.normalisation == "token" else float((counts > 0).sum())
-            denom = all_reduce_values(self.dist, [denom])[0]  # the whole step's normaliser on every rank
+            updates = [p.update.to(dev) for p in plans]
+            weights = [p.weights.to(dev) for p in plans]
+            counts = [u.sum(1) for u in updates]
+            tokens = float(sum(c.sum() for c in counts))
+            pairs = float(sum((c > 0).sum() for c in counts))
+            w_sum = float(sum((w * u).sum() for w, u in zip(weights, updates, strict=True)))
+            # the whole step's normaliser and mean weight on every rank
+            tokens, pairs, w_sum = all_reduce_values(self.dist, [tokens, pairs, w_sum])
+            denom = tokens if rl.normalisation == "token" else pairs
+            w_bar = w_sum / tokens if tokens else 1.0
             self.optimizer.zero_grad(set_to_none=True)
             parts: list[LossOutput] = []
             loss_value = 0.0
-            for sl in upd.chunks:
-                logp = self._log_probs(self.policy, upd.record, plan, sl)
-                out = grpo_loss(
-                    logp,
-                    upd.old[k][sl],
-                    upd.ref[k][sl] if upd.ref else None,
-                    upd.advantages[sl],
-                    update[sl],
-                    weights=weights[sl],
-                    clip_eps=rl.clip_eps,
-                    kl_beta=rl.kl_beta,
-                    normalisation=rl.normalisation,
-                    denominator=denom,
-                )
-                out.loss.backward()
-                loss_value += float(out.loss.detach())
-                parts.append(out)
+            for k, plan, update, weight in zip(group, plans, updates, weights, strict=True):
+                for sl in upd.chunks:
+                    logp = self._log_probs(self.policy, upd.record, plan, sl)
+                    out = grpo_loss(
+                        logp,
+                        upd.old[k][sl],
+                        upd.ref[k][sl] if upd.ref else None,
+                        upd.advantages[sl],
+                        update[sl],
+                        weights=weight[sl] / w_bar,
+                        clip_eps=rl.clip_eps,
+                        kl_beta=rl.kl_beta,
+                        normalisation=rl.normalisation,
+                        denominator=denom,
+                    )
+                    out.loss.backward()
+                    loss_value += float(out.loss.detach())
+                    parts.append(out)
             all_reduce_gradients(self.dist, params)  # sum of the ranks' shares = the global loss's gradient
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, rl.grad_clip))
-            self.optimizer.step()
+            self.optimizer.step(lr_scale=w_bar)
             merged = LossOutput(
                 loss=torch.tensor(loss_value),
                 tokens=sum(p.tokens for p in parts),
@@ -546,28 +591,35 @@ class GRPOTrainer:
                 kl_sum=sum(p.kl_sum for p in parts),
                 ratio_min=min(p.ratio_min for p in parts),
             )
-            batch, structure = plan.update.shape[0], None
+            batch = plans[0].update.shape[0]
+            structure = None
+            if plans[0].structure is not None:
+                s = plans[0].structure
+                u_in_s = float(sum((p.update & s).sum() for p in plans))
+                u_all = float(sum(p.update.sum() for p in plans))
+                structure_vals = [float(s.sum()), float(s.numel()), u_in_s, u_all]
             if self.dist.enabled:
                 merged, loss_value, batch = self._merge_ranks(merged, loss_value, batch)
-                if plan.structure is not None:
-                    s_in, cells, u_in_s, u_all = all_reduce_values(
-                        self.dist,
-                        [
-                            plan.structure.sum(),
-                            plan.structure.numel(),
-                            (plan.update & plan.structure).sum(),
-                            plan.update.sum(),
-                        ],
-                    )
-                    structure = (s_in / max(cells, 1.0), u_in_s / u_all if u_all else 0.0)
-            summaries.setdefault(plan.stage, StageStats()).add(
-                merged, loss_value, grad_norm, plan, batch, structure
+                if plans[0].structure is not None:
+                    structure_vals = all_reduce_values(self.dist, structure_vals)
+            if plans[0].structure is not None:
+                s_in, cells, u_in_s, u_all = structure_vals
+                structure = (s_in / max(cells, 1.0), u_in_s / u_all if u_all else 0.0)
+            summaries.setdefault(plans[0].stage, StageStats()).add(
+                merged, loss_value, grad_norm, plans[0], batch, structure
             )
+            mask_ratios = [p.mask_ratio for p in plans if p.mask_ratio is not None]
+            info: dict[str, Any] = {}
+            for p in plans:
+                for k2, v in p.info.items():
+                    info.setdefault(k2, []).append(v)
             iterations.append(
                 {
-                    "stage": plan.stage,
-                    "mask_ratio": _round(plan.mask_ratio, 4) if plan.mask_ratio is not None else None,
+                    "stage": plans[0].stage,
+                    "plans": len(plans),
+                    "mask_ratio": _round(float(np.mean(mask_ratios)), 4) if mask_ratios else None,
                     "update_tokens": merged.tokens,
+                    "lr_scale": _round(w_bar, 6),
                     "clip_frac": _round(merged.clip_frac),
                     "ratio_mean": _round(merged.ratio_mean, 8),
                     "ratio_min": merged.ratio_min,
@@ -575,7 +627,10 @@ class GRPOTrainer:
                     "kl": _round(merged.kl_mean, 8),
                     "loss": _round(loss_value, 8),
                     "grad_norm": _round(grad_norm),
-                    **{k2: _round(v, 4) for k2, v in plan.info.items()},
+                    **{
+                        k2: (_round(v[0], 4) if len(v) == 1 else [_round(x, 4) for x in v])
+                        for k2, v in info.items()
+                    },
                 }
             )
         _sync(dev)
@@ -621,6 +676,7 @@ class GRPOTrainer:
         fp["total"] = sum(fp.values())
         record_out.update(
             inner_iterations=n_run,
+            optimizer_steps=len(self.step_groups(upd.runnable)),
             empty_plans_skipped=len(upd.plans) - n_run,
             stages=stages,
             iterations=iterations,
@@ -662,8 +718,24 @@ class GRPOTrainer:
             mask_id=self.policy.layout.mask_id,
             rollout_steps=self.sampler_cfg.steps,
         )
+        if self.rl.method == "ht-grpo" and self.rl.partition in SCORED_RULES:
+            record.structure_score = self.structure_score(
+                record.codes, [texts[i] for i in keep], [int(i) // self.rl.group_size for i in keep]
+            )
         gen = torch.Generator().manual_seed(derive_seed(self.rl.seed, self.step, "plans", self.dist.rank))
         return self.estimator.build_plans(record, gen), record
+
+    def structure_score(self, codes: torch.Tensor, texts: list[str], groups: list[int]) -> torch.Tensor:
+        """[B, N] per-token score of the scored partition rule ``rl.partition`` (``htgrpo.rl.structure_scores``)."""
+        rule = self.rl.partition
+        if rule == "oracle":
+            layout = self.policy.layout
+            images = self.policy.image_tokenizer.decode(codes.cpu(), (layout.grid_h, layout.grid_w))
+            return oracle_object_cells(images, layout.grid_h, layout.grid_w)
+        if rule == "prompt_pmi":
+            self.policy.train()  # the same mode as the old / current log-probs
+            return prompt_pmi(self.policy, texts, codes, self.rl.micro_batch)
+        return group_disagreement(codes, groups)
 
     def _finish_step(self, record: dict[str, Any]) -> dict[str, Any]:
         self.step += 1

@@ -28,7 +28,8 @@ class RolloutRecord:
     ``codes`` [B, N] sampled image codes; ``commit_step`` [B, N] step 1..T after which each token stayed;
     ``entropy_commit`` / ``entropy0`` [B, N] entropies at the commit step / the fully masked first step;
     ``prompt`` the conditional prompt batch [B, L]; ``prompt_words`` [B, L] bool, the prompt tokens that are
-    words (maskable by d1); ``mask_id`` the backbone's mask token id; ``rollout_steps`` T.
+    words (maskable by d1); ``mask_id`` the backbone's mask token id; ``rollout_steps`` T; ``structure_score``
+    [B, N] the per-token score of a scored partition rule (``htgrpo.rl.structure_scores``), else None.
     """
 
     codes: torch.Tensor
@@ -39,6 +40,7 @@ class RolloutRecord:
     prompt_words: torch.Tensor
     mask_id: int
     rollout_steps: int
+    structure_score: torch.Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -66,6 +68,9 @@ class IterationPlan:
     structure: torch.Tensor | None = None
     """[B, N] bool: HT-GRPO's structure set S (logged: structure fraction, share of U in S)."""
     info: dict[str, float] = field(default_factory=dict)
+    step_group: int | None = None
+    """The optimizer step this plan's gradient goes into, when the estimator accumulates several plans into one
+    step (ht-grpo's replayed windows); None: the trainer decides (``rl.optimizer_steps``)."""
 
 
 def random_masked(
