@@ -18,7 +18,17 @@ from htgrpo.world.dataset import render_rows
 from htgrpo.world.detect import ShapeDetector
 from htgrpo.world.palette import CELL_PX
 from rl_tiny import N, fake_record, tiny_backbone, tiny_config
-from test_rl_trainer import scratch_registry, varied_reward, weights  # noqa: F401 (fixtures)
+from test_rl_trainer import weights
+
+
+@pytest.fixture
+def varied_reward(monkeypatch):
+    """A reward that varies within every group: the mean pixel (a random model earns 0 from the detector)."""
+    from htgrpo.rl import rewards as rw
+
+    monkeypatch.setattr(rw, "_REGISTRY", dict(rw._REGISTRY))
+    rw.register_reward("mean_pixel", lambda images, p, m: images.reshape(len(images), -1).mean(1) / 255.0)
+    return {"mean_pixel": 1.0}
 
 
 def test_oracle_cells_are_the_detected_objects():
