@@ -19,6 +19,7 @@ import torch
 
 from htgrpo.backbones.base import Backbone
 from htgrpo.config import Config, SamplerConfig
+from htgrpo.eval.bootstrap import interval, per_prompt
 from htgrpo.eval.geneval import summarize
 from htgrpo.sampling import SampleResult, sample
 from htgrpo.world.dataset import splits_for
@@ -88,6 +89,7 @@ def evaluate_shapes(
     records = score_images(metas, images, detector, results=detections)
     seconds = time.perf_counter() - start
     summary = summarize(records)
+    prompt_rows = per_prompt(records)
     by_task: dict[str, list[float]] = defaultdict(list)
     for r in records:
         by_task[r["tag"]].append(r["reward"])
@@ -99,6 +101,8 @@ def evaluate_shapes(
         "prompts": len(rows),
         "images": len(metas),
         "summary": summary,
+        "overall_interval": interval(prompt_rows, "correct", seed=0),
+        "per_prompt": prompt_rows,
         "reward_per_task": {t: round(float(np.mean(v)), 4) for t, v in by_task.items()},
         "reward_mean": round(float(np.mean([r["reward"] for r in records])), 4),
         "valid_images": round(float(np.mean([r["valid"] for r in records])), 4),
