@@ -179,3 +179,24 @@ def test_task_mix_is_the_run_s_not_the_base_s(varied_reward):
     bad = {**skewed, "rl": {**skewed["rl"], "task_weights": {"single_object": 1.0}, "prompts": "unseen"}}
     with pytest.raises(RLError, match=r"rl.task_weights .* no prompt of the pool 'unseen'"):
         GRPOTrainer(Config.model_validate(bad), tiny_backbone(), progress=False)
+
+
+def test_later_stages_rebuild_the_first_stage_s_plans(varied_reward):
+    """In the pipeline each stage runs in its own process on updated weights: the structure score travels with
+    the log-probs, so prompt_pmi's partition (a function of the policy) is the first stage's."""
+    from htgrpo.rl.trainer import UpdateBatch
+
+    trainer = GRPOTrainer(
+        tiny_config(partition="prompt_pmi", rewards=varied_reward), tiny_backbone(), progress=False
+    )
+    scored = trainer.score(trainer.rollout())
+    upd = trainer.prepare_update(scored)
+    trainer.old_ref_log_probs(upd)
+    blob = upd.log_probs_to_bytes()
+    trainer.update(upd, stages=["global"])  # the weights move
+    fresh = trainer.prepare_update(scored)
+    assert not torch.equal(fresh.record.structure_score, upd.record.structure_score)
+    again = trainer.prepare_update(scored, UpdateBatch.structure_score_from_bytes(blob))
+    assert torch.equal(again.record.structure_score, upd.record.structure_score)
+    for a, b in zip(again.plans, upd.plans, strict=True):
+        assert torch.equal(a.visible, b.visible) and torch.equal(a.update, b.update)

@@ -439,6 +439,7 @@ def _train_stage(
 ) -> None:
     from htgrpo.checkpoint import read_checkpoint_file
     from htgrpo.rl.phases import ScoredBatch
+    from htgrpo.rl.trainer import UpdateBatch
 
     trainer, state = _trainer_at(cfg, checkpoint_uri, round_)
     parent, name = str(scored_uri).rsplit("/", 1)
@@ -471,13 +472,14 @@ def _train_stage(
     inputs = {**(pending.get("inputs", {}) if pending else {}), stage: checkpoint_uri}
     upd = None
     if scored.skip is None:
-        upd = trainer.prepare_update(scored)
         if first:
+            upd = trainer.prepare_update(scored)
             times["old_ref"] = trainer.old_ref_log_probs(upd)
         else:
-            upd.log_probs_from_bytes(
-                read_checkpoint_file(checkpoint_uri, LOG_PROBS_FILE, cfg.storage), trainer.device
-            )
+            # the first stage's plans, rebuilt: its structure score (from theta_old), not the updated policy's
+            blob = read_checkpoint_file(checkpoint_uri, LOG_PROBS_FILE, cfg.storage)
+            upd = trainer.prepare_update(scored, UpdateBatch.structure_score_from_bytes(blob))
+            upd.log_probs_from_bytes(blob, trainer.device)
         summary, its, seconds = trainer.update(upd, [stage])
         stages.update(summary)
         iterations += its

@@ -116,9 +116,17 @@ class UpdateBatch:
     ref: list[torch.Tensor] | None = None
 
     def log_probs_to_bytes(self) -> bytes:
+        """theta_old / theta_ref log-probs, and the partition's structure score when the plans used one (a later
+        stage, in another process with updated weights, must rebuild the very same plans)."""
         tensors = {f"old.{k}": t.detach().cpu().contiguous() for k, t in enumerate(self.old or [])}
         tensors.update({f"ref.{k}": t.detach().cpu().contiguous() for k, t in enumerate(self.ref or [])})
+        if self.record.structure_score is not None:
+            tensors["structure_score"] = self.record.structure_score.detach().cpu().contiguous()
         return save_tensors(tensors)
+
+    @staticmethod
+    def structure_score_from_bytes(data: bytes) -> torch.Tensor | None:
+        return load_tensors(data).get("structure_score")
 
     def log_probs_from_bytes(self, data: bytes, device: torch.device) -> None:
         t = load_tensors(data)
@@ -455,8 +463,11 @@ class GRPOTrainer:
 
         return score_rollout(self.rl, self.reward, batch, self.tracker, rank=self.dist.rank, gather=gather)
 
-    def prepare_update(self, scored: ScoredBatch) -> UpdateBatch:
+    def prepare_update(self, scored: ScoredBatch, structure_score: torch.Tensor | None = None) -> UpdateBatch:
         """The K iteration plans of a scored batch (drawn from the step's seed), without log-probs yet.
+
+        ``structure_score``: the per-token score of a scored partition rule as the step's first stage computed it
+        (``UpdateBatch.structure_score_from_bytes``); None computes it from the current policy.
 
         A plan runs when some sample has tokens to update (on any rank, in a distributed run: every rank runs
         the same iterations). A rank none of whose samples is kept (its groups were dropped while others' were
@@ -465,7 +476,7 @@ class GRPOTrainer:
         keep = np.flatnonzero(scored.keep)
         idle = len(keep) == 0
         rows = np.arange(len(scored.keep)) if idle else keep
-        plans, record = self._plans(scored.rollout.sample, scored.rollout.texts, rows)
+        plans, record = self._plans(scored.rollout.sample, scored.rollout.texts, rows, structure_score)
         if idle:
             for plan in plans:
                 plan.update = torch.zeros_like(plan.update)
@@ -700,7 +711,9 @@ class GRPOTrainer:
         stages, iterations, times["update"] = self.update(upd)
         return self.finish_update(scored, upd, stages, iterations, times)
 
-    def _plans(self, result, texts: list[str], keep: np.ndarray) -> tuple[list[IterationPlan], RolloutRecord]:
+    def _plans(
+        self, result, texts: list[str], keep: np.ndarray, structure_score: torch.Tensor | None = None
+    ) -> tuple[list[IterationPlan], RolloutRecord]:
         sel = torch.as_tensor(keep, dtype=torch.long)
         prompt = self.policy.encode_prompts([texts[i] for i in keep])
         words = (
@@ -718,7 +731,9 @@ class GRPOTrainer:
             mask_id=self.policy.layout.mask_id,
             rollout_steps=self.sampler_cfg.steps,
         )
-        if self.rl.method == "ht-grpo" and self.rl.partition in SCORED_RULES:
+        if structure_score is not None:
+            record.structure_score = structure_score
+        elif self.rl.method == "ht-grpo" and self.rl.partition in SCORED_RULES:
             record.structure_score = self.structure_score(
                 record.codes, [texts[i] for i in keep], [int(i) // self.rl.group_size for i in keep]
             )
