@@ -206,3 +206,49 @@ def test_score_folder_end_to_end_gives_the_official_summary(tmp_path, scorer):
     assert {r["index"] for r in recs} == {0, 1, 2} and all(r["filename"].endswith(".png") for r in recs)
     # Flow-GRPO's partial credit goes negative with too many detections (the tiny model finds up to 8 persons)
     assert report["reward"]["reward"] <= 1.0 and 0.0 <= report["reward"]["strict_accuracy"] <= 1.0
+
+
+def test_scorer_records_the_aligned_reward_and_classifies_each_object_once(scorer, monkeypatch):
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (40, 48, 3), dtype=np.uint8) for _ in range(4)]
+    metas = [
+        {"tag": "single_object", "include": [{"class": "person", "count": 1}], "prompt": "a person"},
+        {
+            "tag": "counting",
+            "include": [{"class": "person", "count": 2}],
+            "exclude": [{"class": "person", "count": 3}],
+            "prompt": "two persons",
+        },
+        {
+            "tag": "colors",
+            "include": [{"class": "person", "count": 1, "color": "red"}],
+            "prompt": "a red person",
+        },
+        {
+            "tag": "color_attr",
+            "include": [
+                {"class": "person", "count": 1, "color": "blue"},
+                {"class": "dog", "count": 1, "color": "red"},
+            ],
+            "prompt": "a blue person and a red dog",
+        },
+    ]
+    crops = []
+    classify = scorer.classifier.classify_crops
+    monkeypatch.setattr(
+        scorer.classifier, "classify_crops", lambda c, name: crops.extend(c) or classify(c, name)
+    )
+    records = scorer.score(images, metas)
+    for rec in records:
+        assert 0.0 <= rec["reward_aligned"] <= 1.0
+        assert (rec["reward_aligned"] == 1.0) == rec["correct"], rec
+    # the tiny detector finds persons in every image: at least one person is GenEval-correct whatever
+    # Flow-GRPO's exact count says
+    assert records[0]["detections"]["person"] >= 1 and records[0]["reward_aligned"] == 1.0
+    # three rules ask about the top person (the partial reward about all, when their number is exact): CLIP
+    # sees each crop once, so one crop per colour clause whose class was found
+    persons = sum(min(r["detections"].get("person", 0), 1) for r in records[2:])
+    assert len(crops) == persons + min(records[3]["detections"].get("dog", 0), 1)
+    summary = g.reward_summary(records)
+    assert 0.0 <= summary["reward_aligned"] <= 1.0
+    assert summary["reward_aligned_single_object"] == 1.0

@@ -117,6 +117,27 @@ def test_geneval_reward_metric(tmp_path, clip):
         m(images, ["x"] * 3, [{}] * 3)
 
 
+def test_geneval_aligned_metric_is_in_0_1(tmp_path, clip):
+    root = tmp_path / "geneval"
+    mask2former_dir(root / "mask2former")
+    shutil.copytree(clip, root / "clip")
+    m = M.load_metric("geneval_aligned", root, device="cpu", batch_size=2)
+    assert isinstance(m, M.GenEvalReward) and m.aligned and M.METRICS["geneval_aligned"].needs_metadata
+    images, _ = _batch(3)
+    meta = [
+        {"tag": "single_object", "include": [{"class": "person", "count": 1}], "prompt": "a person"},
+        {"tag": "single_object", "include": [{"class": "dog", "count": 1}], "prompt": "a photo of a dog"},
+        {"tag": "colors", "include": [{"class": "dog", "count": 1, "color": "red"}], "prompt": "a red dog"},
+    ]
+    s = m(images, [x["prompt"] for x in meta], meta)
+    assert s.shape == (3,) and ((s >= 0) & (s <= 1)).all()
+    assert s.tolist() == [r["reward_aligned"] for r in m.last_records]
+    assert [v == 1.0 for v in s] == [r["correct"] for r in m.last_records]
+    assert s[1] == 0.0 and s[2] == 0.0  # no dog
+    with pytest.raises(ValueError, match="geneval_aligned reward needs GenEval metadata"):
+        m(images, ["x"] * 3, [{}] * 3)
+
+
 def test_jpeg_round_trip_keeps_shape():
     img = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     out = M.jpeg_round_trip(img)

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from htgrpo.eval import geneval
-from htgrpo.eval.geneval import Detection, evaluate_image, partial_reward, postprocess, summarize
-from htgrpo.eval.relations import relations
+from htgrpo.eval.geneval import (
+    Detection,
+    aligned_reward,
+    evaluate_image,
+    partial_reward,
+    postprocess,
+    summarize,
+)
+from htgrpo.eval.relations import RELATIONS, relations
 from htgrpo.world import grammar
 
 
@@ -261,3 +272,268 @@ def test_summarize_keys_prompts_by_task_and_rejects_bad_input():
         summarize([])
     with pytest.raises(ValueError, match="unknown tag"):
         summarize([{"tag": "nope", "prompt": "p", "correct": True}])
+
+
+# --------------------------------------------------------------------------------------------- aligned reward
+
+
+def test_aligned_reward_reads_includes_as_at_least():
+    meta = grammar.single_object("circle")
+    one, two, three = (group(*[det("circle", 20 * i) for i in range(k)]) for k in (1, 2, 3))
+    assert [aligned_reward(meta, d) for d in (group(), one, two, three)] == [0.0, 1.0, 1.0, 1.0]
+    # Flow-GRPO's rule ranks the empty image (0) above three circles (1 - |1 - 3| = -1)
+    assert partial_reward(meta, group())[0] > partial_reward(meta, three)[0]
+    meta = grammar.two_object("circle", "square")
+    dets = group(det("circle"), det("square", 20), det("square", 40))
+    assert aligned_reward(meta, dets) == 1.0 and evaluate_image(meta, dets)[0]
+    assert aligned_reward(meta, group(det("square", 20))) == 0.5
+
+
+def test_aligned_reward_counting_is_exact_and_never_negative():
+    meta = grammar.counting("ring", 2)  # include 2, exclude 3
+    got = [aligned_reward(meta, group(*[det("ring", 20 * i) for i in range(k)])) for k in range(7)]
+    # 0, 1/2, 1; then each ring from the third on takes 1/2 back: 1/2, 0, and it stays at 0
+    assert got == [0.0, 0.5, 1.0, 0.5, 0.0, 0.0, 0.0]
+    # an exclude further out leaves a plateau: include 1, exclude 3 means one or two
+    meta = {
+        "tag": "counting",
+        "include": [{"class": "ring", "count": 1}],
+        "exclude": [{"class": "ring", "count": 3}],
+    }
+    got = [aligned_reward(meta, group(*[det("ring", 20 * i) for i in range(k)])) for k in range(5)]
+    assert got == [0.0, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_aligned_reward_colour_is_the_share_of_the_top_count_in_colour():
+    meta = grammar.colors("circle", "red")
+    # [count 1, colour 0]: the top-1 is blue, the red circle below it is not looked at
+    dets = group(det("circle", color="blue", score=0.9), det("circle", 30, color="red", score=0.8))
+    assert aligned_reward(meta, dets) == 0.5
+    assert aligned_reward(meta, group(det("circle", color="red"), det("circle", 30, color="blue"))) == 1.0
+    meta = {"tag": "colors", "include": [{"class": "circle", "count": 2, "color": "red"}], "exclude": []}
+    # one red circle of two: [1/2, 1/2]; two circles, one red: [1, 1/2]
+    assert aligned_reward(meta, group(det("circle"))) == 0.5
+    assert aligned_reward(meta, group(det("circle"), det("circle", 30, color="blue"))) == 0.75
+    calls = []
+
+    def classify(found, cls):
+        calls.append(len(found))
+        return ["red"] * len(found)
+
+    dets = group(*[det("circle", 20 * i, color=None) for i in range(3)])
+    assert aligned_reward(meta, dets, classify_colors=classify) == 1.0
+    assert calls == [2]  # only the top-count objects are classified
+    assert aligned_reward(meta, group(), classify_colors=classify) == 0.0 and calls == [2]
+
+
+def test_aligned_reward_position_is_the_share_of_pairs_in_the_relation():
+    meta = grammar.position("circle", "left of", "square")  # include[0] square, include[1] circle
+    square = det("square", 20, 0)
+    assert aligned_reward(meta, group(square, det("circle", 0, 0))) == 1.0
+    assert aligned_reward(meta, group(square, det("circle", 40, 0))) == pytest.approx(2 / 3)  # [1, 1, 0]
+    assert aligned_reward(meta, group(det("circle", 0, 0))) == pytest.approx(1 / 3)  # no target: [0, 1, 0]
+    meta = {
+        "tag": "position",
+        "include": [
+            {"class": "square", "count": 2},
+            {"class": "circle", "count": 1, "position": ["above", 0]},
+        ],
+        "exclude": [],
+    }
+    # the circle is above one of the two squares: [1, 1, 1/2]
+    dets = group(det("circle", 20, 0), det("square", 0, 40), det("square", 40, 0))
+    assert aligned_reward(meta, dets) == pytest.approx(5 / 6)
+    with pytest.raises(ValueError, match="group 1"):
+        aligned_reward({"include": [{"class": "circle", "count": 1, "position": ["above", 1]}]}, dets)
+
+
+def test_aligned_reward_color_attr_and_edge_cases():
+    meta = grammar.color_attr("circle", "red", "square", "blue")
+    assert aligned_reward(meta, group(det("circle", color="red"), det("square", 30, color="blue"))) == 1.0
+    assert aligned_reward(meta, group(det("circle", color="blue"), det("square", 30, color="red"))) == 0.5
+    assert aligned_reward({"tag": "x", "include": []}, group(det("circle"))) == 0.0
+    with pytest.raises(ValueError, match="count of at least 1"):
+        aligned_reward({"include": [{"class": "circle", "count": 0}]}, group())
+    # an exclude for a class no include names: scaled by e / (found + 1) once broken, so below 1
+    meta = {"include": [{"class": "circle", "count": 1}], "exclude": [{"class": "square", "count": 1}]}
+    assert aligned_reward(meta, group(det("circle"))) == 1.0
+    assert aligned_reward(meta, group(det("circle"), det("square", 20))) == 0.5
+    assert not evaluate_image(meta, group(det("circle"), det("square", 20)))[0]
+
+
+# --- properties over random metadata and detections
+
+SHAPES3 = ("circle", "square", "ring")
+COLOURS3 = ("red", "blue", "green")
+EXTRA_CLASS = "triangle"
+DIRECTION = {"left of": (-1, 0), "right of": (1, 0), "above": (0, -1), "below": (0, 1)}
+PROPERTY_SETTINGS = settings(max_examples=1000, deadline=None, database=None)
+
+
+@st.composite
+def grammar_metas(draw, tags=geneval.TASKS):
+    tag = draw(st.sampled_from(tags))
+    a, b, _ = draw(st.permutations(SHAPES3))
+    c1, c2, _ = draw(st.permutations(COLOURS3))
+    return {
+        "single_object": lambda: grammar.single_object(a),
+        "two_object": lambda: grammar.two_object(a, b),
+        "counting": lambda: grammar.counting(a, draw(st.integers(2, 4))),
+        "colors": lambda: grammar.colors(a, c1),
+        "position": lambda: grammar.position(a, draw(st.sampled_from(RELATIONS)), b),
+        "color_attr": lambda: grammar.color_attr(a, c1, b, c2),
+    }[tag]()
+
+
+@st.composite
+def free_metas(draw):
+    """Beyond the grammar: repeated classes, counts up to 3, colours and positions anywhere, stray excludes."""
+    includes = []
+    for i in range(draw(st.integers(1, 3))):
+        req = {"class": draw(st.sampled_from(SHAPES3)), "count": draw(st.integers(1, 3))}
+        if draw(st.booleans()):
+            req["color"] = draw(st.sampled_from(COLOURS3))
+        if i and draw(st.booleans()):
+            req["position"] = [draw(st.sampled_from(RELATIONS)), draw(st.integers(0, i - 1))]
+        includes.append(req)
+    exclude = st.fixed_dictionaries(
+        {"class": st.sampled_from((*SHAPES3, EXTRA_CLASS)), "count": st.integers(1, 5)}
+    )
+    tag = draw(st.sampled_from(geneval.TASKS))
+    return {"tag": tag, "include": includes, "exclude": draw(st.lists(exclude, max_size=2)), "prompt": "free"}
+
+
+metas = st.one_of(grammar_metas(), free_metas())
+scores = st.floats(0.31, 1.0)
+coords = st.integers(-2, 12).map(lambda k: 10.0 * k)
+
+
+def by_class(objs: list[Detection]) -> dict[str, list[Detection]]:
+    """Class -> objects, most confident first (stable), as post-processing leaves them."""
+    out: dict[str, list[Detection]] = {}
+    for d in sorted(objs, key=lambda d: d.score, reverse=True):
+        out.setdefault(d.cls, []).append(d)
+    return out
+
+
+def planted(draw, meta) -> list[Detection]:
+    """Objects meant to satisfy the metadata: each include's count, in its colour, beyond its position targets."""
+    objs: list[Detection] = []
+    groups: list[list[Detection]] = []
+    for req in meta["include"]:
+        found = []
+        for k in range(req["count"]):
+            x, y = draw(coords), draw(coords)
+            if "position" in req:
+                rel, g = req["position"]
+                targets = groups[g] or [det(req["class"])]
+                tx = sum(t.box[0] for t in targets) / len(targets)
+                ty = sum(t.box[1] for t in targets) / len(targets)
+                dx, dy = DIRECTION[rel]
+                x, y = tx + dx * (60 + 20 * k), ty + dy * (60 + 20 * k)
+            colour = req.get("color") or draw(st.sampled_from(COLOURS3))
+            found.append(det(req["class"], x, y, colour, draw(st.floats(0.5, 1.0))))
+        objs += found
+        groups.append(found)
+    return objs
+
+
+@st.composite
+def cases(draw, meta_strategy=metas):
+    """(metadata, detections): planted objects or none, then random objects added, dropped or recoloured."""
+    meta = draw(meta_strategy)
+    objs = planted(draw, meta) if draw(st.booleans()) else []
+    for _ in range(draw(st.integers(0, 3))):
+        action = draw(st.sampled_from(("add", "drop", "recolour")))
+        if action == "add":
+            cls = draw(st.sampled_from((*SHAPES3, EXTRA_CLASS)))
+            objs.append(det(cls, draw(coords), draw(coords), draw(st.sampled_from(COLOURS3)), draw(scores)))
+        elif objs:
+            k = draw(st.integers(0, len(objs) - 1))
+            if action == "drop":
+                del objs[k]
+            else:
+                objs[k] = replace(objs[k], color=draw(st.sampled_from(COLOURS3)))
+    return meta, by_class(objs)
+
+
+@PROPERTY_SETTINGS
+@given(cases())
+def test_aligned_reward_is_in_0_1_and_1_exactly_when_geneval_says_correct(case):
+    meta, dets = case
+    reward = aligned_reward(meta, dets)
+    assert 0.0 <= reward <= 1.0
+    correct, reason = evaluate_image(meta, dets)
+    assert (reward == 1.0) == correct, reason
+
+
+@PROPERTY_SETTINGS
+@given(grammar_metas(), st.data())
+def test_planted_grammar_scenes_are_correct_and_score_1(meta, data):
+    dets = by_class(planted(data.draw, meta))
+    assert evaluate_image(meta, dets)[0]
+    assert aligned_reward(meta, dets) == 1.0
+
+
+@PROPERTY_SETTINGS
+@given(metas)
+def test_aligned_reward_is_0_without_detections(meta):
+    assert aligned_reward(meta, {}) == 0.0
+
+
+def _only_include_of(meta, i: int) -> bool:
+    return sum(r["class"] == meta["include"][i]["class"] for r in meta["include"]) == 1
+
+
+@PROPERTY_SETTINGS
+@given(cases(), st.data())
+def test_adding_a_correct_object_of_an_at_least_include_never_lowers_it(case, data):
+    meta, dets = case
+    limited = {r["class"] for r in meta.get("exclude", [])}
+    choices = [
+        i for i, r in enumerate(meta["include"]) if r["class"] not in limited and _only_include_of(meta, i)
+    ]
+    assume(choices)
+    i = data.draw(st.sampled_from(choices))
+    req = meta["include"][i]
+    tops = [list(dets.get(r["class"], []))[: r["count"]] for r in meta["include"]]
+    # where the new object may stand: its own clause against its targets, and later clauses that refer to it
+    checks = []
+    if "position" in req:
+        rel, g = req["position"]
+        checks += [(rel, None, t) for t in tops[g]]
+    for j, r in enumerate(meta["include"]):
+        if "position" in r and r["position"][1] == i:
+            checks += [(r["position"][0], o, None) for o in tops[j]]
+    colour = req.get("color") or data.draw(st.sampled_from(COLOURS3))
+    score = data.draw(scores)
+    spots = [(10.0 * x, 10.0 * y) for x in range(-8, 20) for y in range(-8, 20)]
+    start = data.draw(st.integers(0, len(spots) - 1))
+    for x, y in spots[start:] + spots[:start]:
+        new = det(req["class"], x, y, colour, score)
+        if all(rel in relations((obj or new).box, (tgt or new).box) for rel, obj, tgt in checks):
+            break
+    else:
+        assume(False)
+    before = aligned_reward(meta, dets)
+    after = aligned_reward(meta, by_class([*(d for ds in dets.values() for d in ds), new]))
+    assert after >= before
+
+
+@PROPERTY_SETTINGS
+@given(cases(st.one_of(grammar_metas(("colors", "color_attr")), free_metas())), st.data())
+def test_recolouring_a_found_object_to_its_colour_never_lowers_it(case, data):
+    meta, dets = case
+    choices = [i for i, r in enumerate(meta["include"]) if "color" in r and _only_include_of(meta, i)]
+    assume(choices)
+    req = meta["include"][data.draw(st.sampled_from(choices))]
+    if not dets.get(req["class"]):
+        extra = det(req["class"], data.draw(coords), data.draw(coords), data.draw(st.sampled_from(COLOURS3)))
+        dets = {**dets, req["class"]: [extra]}
+    found = dets[req["class"]][: req["count"]]
+    k = data.draw(st.integers(0, len(found) - 1))
+    recoloured = dict(dets)
+    recoloured[req["class"]] = [
+        replace(d, color=req["color"]) if d is found[k] else d for d in dets[req["class"]]
+    ]
+    assert aligned_reward(meta, recoloured) >= aligned_reward(meta, dets)

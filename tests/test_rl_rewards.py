@@ -7,7 +7,14 @@ import pytest
 
 from htgrpo.errors import ConfigError
 from htgrpo.rl import rewards as rw
-from htgrpo.rl.rewards import available_rewards, get_reward, mixed_reward, register_reward
+from htgrpo.rl.rewards import (
+    available_rewards,
+    check_reward_metadata,
+    get_reward,
+    mixed_reward,
+    register_reward,
+    reward_needs_metadata,
+)
 from htgrpo.world.render import metadata_for_prompt, render, sample_scene
 
 
@@ -15,6 +22,7 @@ from htgrpo.world.render import metadata_for_prompt, render, sample_scene
 def scratch_registry(monkeypatch):
     """Registrations made by a test disappear after it."""
     monkeypatch.setattr(rw, "_REGISTRY", dict(rw._REGISTRY))
+    monkeypatch.setattr(rw, "_NEEDS_METADATA", set(rw._NEEDS_METADATA))
 
 
 def scenes(prompts: list[str], grid: int = 6, seed: int = 0):
@@ -25,7 +33,10 @@ def scenes(prompts: list[str], grid: int = 6, seed: int = 0):
 
 
 def test_builtins_are_registered():
-    assert {"geneval_partial", "geneval_strict", "background_smoothness"} <= set(available_rewards())
+    geneval_rewards = {"geneval_aligned", "geneval_partial", "geneval_strict"}
+    assert geneval_rewards | {"background_smoothness"} <= set(available_rewards())
+    assert all(reward_needs_metadata(name) for name in geneval_rewards)
+    assert not reward_needs_metadata("background_smoothness")
 
 
 def test_unknown_reward_names_the_registered_ones():
@@ -59,6 +70,53 @@ def test_geneval_rewards_on_rendered_and_wrong_scenes():
     swapped = get_reward("geneval_partial")(images[::-1], prompts, metas)
     assert swapped[1] < 1.0
     assert get_reward("geneval_strict")(images[::-1], prompts, metas)[1] == 0.0
+
+
+def test_geneval_aligned_reads_includes_as_at_least_unlike_geneval_partial():
+    # two rendered circles judged against "a photo of a circle": GenEval says correct
+    images, _ = scenes(["a photo of two circles", "a photo of a red circle"])
+    metas = [metadata_for_prompt("a photo of a circle"), metadata_for_prompt("a photo of a red circle")]
+    prompts = [m["prompt"] for m in metas]
+    aligned = get_reward("geneval_aligned")(images, prompts, metas)
+    assert aligned.tolist() == [1.0, 1.0]
+    assert get_reward("geneval_strict")(images, prompts, metas).tolist() == [1.0, 1.0]
+    assert get_reward("geneval_partial")(images, prompts, metas).tolist() == [0.0, 1.0]  # exact count: 1 - 1
+    # judged against the other prompt: a red circle is one of the two circles asked for
+    swapped = [metadata_for_prompt("a photo of two circles")]
+    assert get_reward("geneval_aligned")(images[1:], [swapped[0]["prompt"]], swapped).tolist() == [0.5]
+    # an image the detector rejects scores 0, like an empty one
+    noise = np.random.default_rng(0).integers(0, 256, size=images[:1].shape, dtype=np.uint8)
+    assert get_reward("geneval_aligned")(noise, prompts[:1], metas[:1]).tolist() == [0.0]
+    assert get_reward("geneval_aligned")(images[:0], [], []).shape == (0,)
+
+
+def test_check_reward_metadata(scratch_registry):
+    _, metas = scenes(["a photo of a ring", "a photo of two squares"])
+    plain = [{"prompt": "a cat on a sofa"}, {"prompt": "a bowl of soup", "tag": "single_object"}]
+    check_reward_metadata({"geneval_aligned": 1.0, "geneval_partial": 0.0}, metas)
+    check_reward_metadata({"background_smoothness": 1.0}, plain)
+    with pytest.raises(
+        ConfigError, match=r"^rl\.rewards\.geneval_aligned: .*no row of the prompt pool \(2 rows\)"
+    ):
+        check_reward_metadata({"background_smoothness": 0.5, "geneval_aligned": 1.0}, plain)
+    # a weight of 0 still computes the reward, so it still needs the metadata; every such reward is named
+    with pytest.raises(
+        ConfigError, match=r"rl\.rewards\.geneval_strict: .*\(so do rl\.rewards\.geneval_partial\)"
+    ):
+        check_reward_metadata({"geneval_strict": 0.0, "geneval_partial": 1.0}, plain)
+    mixed = [*metas, plain[1], {"include": [], "tag": "single_object", "prompt": "nothing"}, plain[0]]
+    with pytest.raises(
+        ConfigError, match=r"3 of the 5 rows .* lack it \(the first is row 2: 'a bowl of soup'\)"
+    ):
+        check_reward_metadata({"geneval_partial": 1.0}, mixed)
+    # rewards registered later say whether they need it; re-registering without the flag clears it
+    register_reward("judge", lambda im, p, m: np.ones(len(im)), needs_metadata=True)
+    with pytest.raises(ConfigError, match=r"^rl\.rewards\.judge: "):
+        check_reward_metadata({"judge": 1.0}, plain)
+    register_reward("judge", lambda im, p, m: np.ones(len(im)), overwrite=True)
+    check_reward_metadata({"judge": 1.0}, plain)
+    with pytest.raises(ConfigError, match="unknown reward 'nope'"):
+        check_reward_metadata({"nope": 1.0}, metas)
 
 
 def test_background_smoothness_reward():

@@ -1,7 +1,7 @@
 """GenEval on real images: the official 553 prompts, its folder layout, Mask2Former and the CLIP colour classifier.
 
-Specification: ``design/benchmarks.md`` section 1. The rules, post-processing, partial-credit reward and summary
-are :mod:`htgrpo.eval.geneval`'s, shared with the shapes world; this module supplies the other detector.
+Specification: ``design/benchmarks.md`` section 1. The rules, post-processing, partial-credit rewards (Flow-GRPO's
+and the one aligned with the metric) and summary are :mod:`htgrpo.eval.geneval`'s, shared with the shapes world; this module supplies the other detector.
 
 Differences from the official evaluator, by necessity (no mmdetection 2.x / open_clip here):
 
@@ -38,6 +38,7 @@ from htgrpo.eval.geneval import (
     TASKS,
     ColorClassifier,
     Detection,
+    aligned_reward,
     evaluate_image,
     partial_reward,
     postprocess,
@@ -404,10 +405,18 @@ class ClipColorClassifier:
         return preds
 
     def for_image(self, image: np.ndarray) -> ColorClassifier:
-        """The ``classify_colors`` hook of :func:`evaluate_image` / :func:`partial_reward` for one image."""
+        """The ``classify_colors`` hook of :func:`evaluate_image`, :func:`partial_reward` and
+        :func:`aligned_reward` for one image. It remembers each object's colour (per object and class name),
+        so the three rules asking about the same detections run CLIP on each crop once."""
+        seen: dict[tuple[int, str], tuple[Detection, str]] = {}
 
         def classify(found: Sequence[Detection], classname: str) -> list[str]:
-            return self.classify_crops([color_crop(image, d) for d in found], classname)
+            new = [d for d in found if (id(d), classname) not in seen]
+            for d, colour in zip(
+                new, self.classify_crops([color_crop(image, d) for d in new], classname), strict=True
+            ):
+                seen[id(d), classname] = (d, colour)  # keeps d alive, so its id is not reused
+            return [seen[id(d), classname][1] for d in found]
 
         return classify
 
@@ -423,14 +432,16 @@ def _features(out):
 
 
 class GenEvalScorer:
-    """Detector + colour classifier + GenEval's rules: official ``correct`` and Flow-GRPO's partial reward."""
+    """Detector + colour classifier + GenEval's rules: official ``correct``, Flow-GRPO's partial reward and the
+    partial credit aligned with the metric."""
 
     def __init__(self, detector, classifier: ClipColorClassifier | None):
         self.detector = detector
         self.classifier = classifier
 
     def score(self, images: Sequence[np.ndarray], metas: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """One record per image: tag, prompt, correct, reason, reward (partial credit), strict_correct."""
+        """One record per image: tag, prompt, correct, reason, reward (Flow-GRPO's partial credit),
+        reward_aligned (:func:`aligned_reward`, in [0, 1], 1.0 exactly when correct), strict_correct."""
         if len(images) != len(metas):
             raise ValueError(f"{len(images)} images but {len(metas)} metadata rows")
         all_dets = self.detector.detect(list(images))
@@ -440,6 +451,7 @@ class GenEvalScorer:
             kept = postprocess(dets, meta["tag"])
             correct, reason = evaluate_image(meta, kept, classify_colors=hook)
             reward, strict = partial_reward(meta, kept, classify_colors=hook)
+            aligned = aligned_reward(meta, kept, classify_colors=hook)
             records.append(
                 {
                     "tag": meta["tag"],
@@ -447,6 +459,7 @@ class GenEvalScorer:
                     "correct": bool(correct),
                     "reason": reason,
                     "reward": float(reward),
+                    "reward_aligned": float(aligned),
                     "strict_correct": bool(strict),
                     "detections": {c: len(v) for c, v in kept.items()},
                 }
@@ -481,13 +494,19 @@ def summary_from_results(path: str | Path) -> dict[str, Any]:
 
 
 def reward_summary(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Flow-GRPO's view: mean partial reward and strict accuracy, overall and per task."""
+    """Flow-GRPO's view: mean partial reward and strict accuracy, overall and per task; plus the mean aligned
+    reward (``reward_aligned``, ``reward_aligned_<task>``) where the records carry it."""
+    aligned = all("reward_aligned" in r for r in records)
     out: dict[str, Any] = {"reward": float(np.mean([r["reward"] for r in records]))}
+    if aligned:
+        out["reward_aligned"] = float(np.mean([r["reward_aligned"] for r in records]))
     out["strict_accuracy"] = float(np.mean([r["strict_correct"] for r in records]))
     for t in TASKS:
         sel = [r for r in records if r["tag"] == t]
         if sel:
             out[f"reward_{t}"] = float(np.mean([r["reward"] for r in sel]))
+            if aligned:
+                out[f"reward_aligned_{t}"] = float(np.mean([r["reward_aligned"] for r in sel]))
             out[f"strict_accuracy_{t}"] = float(np.mean([r["strict_correct"] for r in sel]))
     return out
 

@@ -227,11 +227,15 @@ def jpeg_round_trip(image: np.ndarray, quality: int | None = None) -> np.ndarray
 
 
 class GenEvalReward:
-    """Flow-GRPO's partial-credit GenEval reward over Mask2Former + CLIP colours (design section 1.10).
+    """A partial-credit GenEval reward over Mask2Former + CLIP colours (design section 1.10).
 
-    ``weights`` is a directory holding ``mask2former/`` and ``clip/`` sub-directories (or pass ``detector`` and
-    ``clip`` paths). Each image needs its GenEval metadata row. ``last_records`` keeps the per-image
-    ``strict_correct`` and official ``correct`` of the last call for logging.
+    ``aligned`` False (metric ``geneval``): Flow-GRPO's partial credit, faithful, quirks included (exact counts,
+    can go negative, its maximum is not GenEval's ``correct``). ``aligned`` True (metric ``geneval_aligned``):
+    the partial credit that agrees with GenEval's metric (``htgrpo.eval.geneval.aligned_reward``: in [0, 1],
+    1.0 exactly when the image is correct). ``weights`` is a directory holding ``mask2former/`` and ``clip/``
+    sub-directories (or pass ``detector`` and ``clip`` paths). Each image needs its GenEval metadata row.
+    ``last_records`` keeps the per-image records of the last call (both rewards, ``strict_correct`` and the
+    official ``correct``) for logging.
     """
 
     name = "geneval"
@@ -245,6 +249,7 @@ class GenEvalReward:
         clip: str | Path | None = None,
         jpeg: bool = True,
         scorer=None,
+        aligned: bool = False,
     ):
         from htgrpo.benchmarks.geneval import load_scorer
 
@@ -258,19 +263,29 @@ class GenEvalReward:
         self.scorer = scorer
         self.batch_size = batch_size
         self.jpeg = jpeg
+        self.aligned = aligned
+        self.name = "geneval_aligned" if aligned else "geneval"
         self.last_records: list[dict[str, Any]] = []
 
     def __call__(self, images, prompts, metadata=None) -> np.ndarray:
         images = _check(images, prompts, metadata)
         if metadata is None or any("include" not in m for m in metadata):
-            raise ValueError("the geneval reward needs GenEval metadata (tag, include, ...) for every image")
+            raise ValueError(
+                f"the {self.name} reward needs GenEval metadata (tag, include, ...) for every image"
+            )
         imgs = [jpeg_round_trip(im) if self.jpeg else im for im in images]
         self.last_records = []
         for s in range(0, len(imgs), self.batch_size):
             self.last_records.extend(
                 self.scorer.score(imgs[s : s + self.batch_size], metadata[s : s + self.batch_size])
             )
-        return np.array([r["reward"] for r in self.last_records], np.float64)
+        key = "reward_aligned" if self.aligned else "reward"
+        return np.array([r[key] for r in self.last_records], np.float64)
+
+
+def geneval_aligned_reward(weights=None, device=None, **kwargs) -> GenEvalReward:
+    """The ``geneval_aligned`` metric: :class:`GenEvalReward` with ``aligned=True``."""
+    return GenEvalReward(weights, device=device, aligned=True, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -310,7 +325,13 @@ METRICS: dict[str, MetricInfo] = {
         "deqa", "htgrpo.benchmarks.vlm_judges:DeQA", "expected quality level in [1, 5]", uses_prompt=False
     ),
     "geneval": MetricInfo(
-        "geneval", GenEvalReward, "partial credit <= 1 (can be negative)", needs_metadata=True
+        "geneval", GenEvalReward, "Flow-GRPO's partial credit <= 1 (can be negative)", needs_metadata=True
+    ),
+    "geneval_aligned": MetricInfo(
+        "geneval_aligned",
+        geneval_aligned_reward,
+        "partial credit in [0, 1]; 1.0 exactly when GenEval counts the image correct",
+        needs_metadata=True,
     ),
 }
 
@@ -353,5 +374,5 @@ def register_as_reward(
     from htgrpo.rl.rewards import register_reward
 
     metric = load_metric(name, weights, device=device, **kwargs)
-    register_reward(reward_name or name, metric, overwrite=True)
+    register_reward(reward_name or name, metric, overwrite=True, needs_metadata=METRICS[name].needs_metadata)
     return metric

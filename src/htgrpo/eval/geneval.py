@@ -1,7 +1,9 @@
 """GenEval's scoring rules, independent of the detector that feeds them.
 
 Specification: ``design/benchmarks.md`` section 1 (GenEval at af4902f, and Flow-GRPO's reward-server at
-92ac29fb for the partial-credit reward). Any detector produces :class:`Detection` objects; the shapes world's
+92ac29fb for the partial-credit reward). :func:`evaluate_image` is GenEval's binary rule, :func:`partial_reward`
+Flow-GRPO's partial credit (exact counts, can go negative, its maximum is not GenEval's ``correct``) and
+:func:`aligned_reward` a partial credit in [0, 1] whose maximum is exactly GenEval's ``correct``. Any detector produces :class:`Detection` objects; the shapes world's
 exact detector (``htgrpo.world.detect``) knows each object's colour, while a real-image detector (Mask2Former)
 leaves ``color`` to a CLIP classifier, passed here as ``classify_colors`` so that, as in GenEval, only the
 objects the rules look at get classified.
@@ -9,6 +11,8 @@ objects the rules look at get classified.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -156,7 +160,13 @@ def evaluate_image(
 def partial_reward(
     meta: Mapping[str, Any], detections: Detections, classify_colors: ColorClassifier | None = None
 ) -> tuple[float, bool]:
-    """Flow-GRPO's partial-credit GenEval reward and its ``strict_correct`` (section 1.10).
+    """Flow-GRPO's partial-credit GenEval reward and its ``strict_correct`` (section 1.10), quirks included.
+
+    Kept faithful for comparison with Flow-GRPO; it does not agree with GenEval's metric, which asks for at
+    least ``count`` wherever no exclude clause makes the count exact. Two copies of a single object score 0
+    and three score -1 (GenEval: correct), so an empty image (0) ties with or outranks them; its maximum is
+    not :func:`evaluate_image`'s ``correct``. :func:`aligned_reward` is the partial credit that agrees with
+    the metric (in [0, 1], 1.0 exactly when GenEval says correct).
 
     Unlike :func:`evaluate_image`, every detection of a class counts (not the top ``count``) and counts must be
     exact. The score is the mean of a list built per include, in order:
@@ -205,6 +215,91 @@ def partial_reward(
         matched.append(found if ok else None)
     score = sum(rewards) / len(rewards) if rewards else 0.0
     return score, strict
+
+
+def _count(req: Mapping[str, Any], meta: Mapping[str, Any], clause: str) -> int:
+    count = req["count"]
+    if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
+        raise ValueError(
+            f"prompt {meta.get('prompt')!r}: an {clause} clause needs a whole count of at least 1, "
+            f"got {count!r} for {req.get('class')!r}"
+        )
+    return int(count)
+
+
+def _count_term(n_found: int, count: int, limit: int | None) -> float:
+    """min(found, count) / count; with an exclude at ``limit`` (exact count), each object from ``limit`` on
+    takes one ``1 / count`` back, down to 0."""
+    if limit is None:
+        return min(n_found, count) / count
+    kept = min(n_found, count, limit - 1)
+    over = max(0, n_found - limit + 1)
+    return max(0.0, (kept - over) / count)
+
+
+def aligned_reward(
+    meta: Mapping[str, Any], detections: Detections, classify_colors: ColorClassifier | None = None
+) -> float:
+    """Partial credit that agrees with GenEval's metric: in [0, 1], and 1.0 exactly when :func:`evaluate_image`
+    says correct.
+
+    Every clause is read as :func:`evaluate_image` reads it, and earns a share of its credit. Per include
+    (class ``c``, ``count`` n), in order:
+
+    - count: ``min(found, n) / n``, "at least n", where ``found`` is every detection of ``c``. Where an exclude
+      clause for ``c`` exists (count e, the smallest if several; counting has e = n + 1), the count is exact:
+      ``found / n`` below n, 1 from n up to e - 1, and from e on each extra object takes ``1 / n`` back,
+      down to 0 (``1 - (found - e + 1) / n`` when e = n + 1).
+    - colour, if the include has one: the share of the top-n detections (the n most confident, the ones
+      GenEval classifies) in that colour, counted over n; 0 when none is found.
+    - position, if it has one: the share of (object, target) pairs, over the found top-n objects of ``c`` and
+      the found top objects of the referenced include (its top ``count``), whose relations (``relations``)
+      include the requested one; 0 when either side found nothing. The referenced group counts whether or not its own clauses
+      held, since its own terms already pay for that.
+
+    The score is the mean of all these terms. An exclude clause for a class that no include names (none in
+    GenEval's grammar) multiplies the score by ``e / (found + 1)`` once ``found >= e``, so that no image
+    breaking an exclude reaches 1.0 while an image with no detections still scores 0. Hence: never negative,
+    at most 1, 0 with no detections, 1.0 if and only if GenEval says correct, and never lowered by adding an
+    object to an "at least" include when the object has the include's colour and satisfies the position
+    clauses it takes part in (its own, and those of later includes that refer to its group), nor by
+    recolouring a found object to its include's colour.
+
+    An empty include list scores 0. Counts must be whole numbers of at least 1. ``classify_colors`` is the same
+    hook as in :func:`evaluate_image`; it is asked only about the top-n objects of an include with a colour.
+    """
+    includes = list(meta.get("include", []))
+    if not includes:
+        return 0.0
+    limits: dict[str, int] = {}
+    for req in meta.get("exclude", []):
+        e = _count(req, meta, "exclude")
+        limits[req["class"]] = min(e, limits.get(req["class"], e))
+    terms: list[float] = []
+    tops: list[list[Detection]] = []
+    for req in includes:
+        cls, count = req["class"], _count(req, meta, "include")
+        every = list(detections.get(cls, []))
+        found = every[:count]
+        terms.append(_count_term(len(every), count, limits.get(cls)))
+        if "color" in req:
+            in_colour = _colors(found, cls, classify_colors).count(req["color"]) if found else 0
+            terms.append(in_colour / count)
+        if "position" in req:
+            rel, group = req["position"]
+            targets = _target(tops, group, meta)
+            pairs = [rel in relations(obj.box, t.box) for obj in found for t in targets]
+            terms.append(sum(pairs) / len(pairs) if pairs else 0.0)
+        tops.append(found)
+    # a mean of terms below 1 stays below 1, whatever the rounding
+    below_one = math.nextafter(1.0, 0.0)
+    score = 1.0 if all(t == 1.0 for t in terms) else min(sum(terms) / len(terms), below_one)
+    named = {req["class"] for req in includes}
+    for cls, e in limits.items():
+        n_found = len(detections.get(cls, []))
+        if cls not in named and n_found >= e:
+            score *= e / (n_found + 1)
+    return score
 
 
 def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from htgrpo.eval.geneval import Detection, evaluate_image, partial_reward, postprocess
+from htgrpo.eval.geneval import Detection, aligned_reward, evaluate_image, partial_reward, postprocess
 from htgrpo.world.palette import (
     BACKGROUND_MAX_SPREAD,
     BACKGROUND_MIN_CHANNEL,
@@ -184,11 +184,13 @@ def score_images(
     detector: ShapeDetector | None = None,
     results: Sequence[DetectionResult] | None = None,
 ) -> list[dict[str, Any]]:
-    """Score image i against metadata i: GenEval's ``correct``, Flow-GRPO's ``reward`` and ``strict_correct``.
+    """Score image i against metadata i: GenEval's ``correct``, Flow-GRPO's ``reward`` and ``strict_correct``,
+    and ``reward_aligned``, the partial credit whose maximum is GenEval's ``correct`` (``aligned_reward``).
 
     Detections go through GenEval's post-processing for the prompt's tag first (a no-op for this detector's
     score-1.0 objects, kept so the path matches a real detector's). Invalid images (see :class:`ShapeDetector`)
-    get correct False, reward 0.0 and strict_correct False, whatever recognisable shapes they also contain.
+    get correct False, reward 0.0, reward_aligned 0.0 and strict_correct False, whatever recognisable shapes
+    they also contain.
     Pass `results` (from ``detector.detect_many(images)``) to reuse detections already computed.
     """
     if len(metas) != len(images):
@@ -204,10 +206,20 @@ def score_images(
             dets = postprocess(result.detections, meta["tag"])
             correct, reason = evaluate_image(meta, dets)
             reward, strict = partial_reward(meta, dets)
-            rec.update(correct=correct, reward=reward, strict_correct=strict, reason=reason)
+            rec.update(
+                correct=correct,
+                reward=reward,
+                reward_aligned=aligned_reward(meta, dets),
+                strict_correct=strict,
+                reason=reason,
+            )
         else:
             rec.update(
-                correct=False, reward=0.0, strict_correct=False, reason=f"invalid image: {result.reason}"
+                correct=False,
+                reward=0.0,
+                reward_aligned=0.0,
+                strict_correct=False,
+                reason=f"invalid image: {result.reason}",
             )
         records.append(rec)
     return records
