@@ -257,6 +257,9 @@ def test_local_runner_runs_the_committed_pipeline_with_s3_checkpoints(tmp_path, 
         assert set(summary["base"]) == set(summary["trained"]) and "overall" in summary["base"]
         text_out = format_summary(summary)
         assert "| overall |" in text_out and "MLflow: sqlite:///" in text_out
+        comp = summary["comparison"]
+        assert comp["base"]["value"] == pytest.approx(summary["base"]["overall"], abs=1e-4)
+        assert f"change  {comp['change']['value']:+.3f} [{comp['change']['lo']:+.3f}" in text_out
 
         client = MlflowClient(summary["mlflow"]["tracking_uri"])
         parent = client.get_run(summary["mlflow"]["parent_run_id"])

@@ -141,7 +141,14 @@ def test_evaluate_and_register_with_embedded_mlflow(tmp_path):
     assert parent
     m = steps.evaluate(cj, root, prep["init_checkpoint"], "base", parent)
     assert 0.0 <= m["overall"] <= 1.0
+    assert steps.compare_evaluations(steps.load_run_config(cj), root) is None  # no trained evaluation yet
+    steps.evaluate(cj, root, prep["init_checkpoint"], "trained", parent)
     summary = steps.register(cj, root, prep["init_checkpoint"], m, m, parent)
+    comp = summary["comparison"]
+    # the same checkpoint, prompts and seed: the paired change is exactly 0, and its interval too
+    assert comp["change"] == {"value": 0.0, "lo": 0.0, "hi": 0.0, "half_width": 0.0}
+    assert comp["verdict"] == "tied" and comp["base"] == comp["trained"]
+    assert comp["base"]["lo"] <= comp["base"]["value"] <= comp["base"]["hi"]
     assert summary["registry"]["version"] == 1 and summary["registry"]["promoted"]
     assert json.loads((tmp_path / "store/runs/run-3/summary.json").read_text())["base"] == m
     from mlflow import MlflowClient

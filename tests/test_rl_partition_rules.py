@@ -200,3 +200,11 @@ def test_later_stages_rebuild_the_first_stage_s_plans(varied_reward):
     assert torch.equal(again.record.structure_score, upd.record.structure_score)
     for a, b in zip(again.plans, upd.plans, strict=True):
         assert torch.equal(a.visible, b.visible) and torch.equal(a.update, b.update)
+
+
+def test_a_geneval_reward_without_metadata_in_the_pool_is_one_clear_error():
+    from htgrpo.errors import ConfigError
+
+    rows = [{"tag": "counting", "prompt": "a photo of two rings"}]
+    with pytest.raises(ConfigError, match=r"^rl.rewards.geneval_aligned: .* no row of the prompt pool"):
+        GRPOTrainer(tiny_config(), tiny_backbone(), prompts=rows, progress=False)

@@ -129,6 +129,21 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     for t in tasks:
         lines.append(f"| {t} | {base[t]:.3f} | {trained[t]:.3f} | {trained[t] - base[t]:+.3f} |")
+    comp = summary.get("comparison")
+    if comp:
+        b, t, d = comp["base"], comp["trained"], comp["change"]
+        says = {
+            "better": "the trained model beats the base beyond the interval",
+            "worse": "the trained model is worse than the base beyond the interval",
+            "tied": "the interval includes 0: no difference is shown at this sample size",
+        }[comp["verdict"]]
+        lines += [
+            "",
+            f"overall with 95 % intervals ({comp['images_per_prompt']} images per prompt; bootstrap over prompts):",
+            f"  base    {b['value']:.3f} [{b['lo']:.3f}, {b['hi']:.3f}]",
+            f"  trained {t['value']:.3f} [{t['lo']:.3f}, {t['hi']:.3f}]",
+            f"  change  {d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] (paired): {says}",
+        ]
     timings = summary.get("timings", [])
     if timings:
         inside = sum(r["seconds"] for r in timings)

@@ -205,6 +205,7 @@ def prepare_data(
     start = time.time()
     from htgrpo.checkpoint import verify_checkpoint
     from htgrpo.prompts import load_prompt_pool
+    from htgrpo.rl.rewards import check_reward_metadata
     from htgrpo.tracking import digest_rows
     from htgrpo.world.grammar import write_jsonl
 
@@ -222,6 +223,7 @@ def prepare_data(
             f"(checkpoint {saved.backbone.model_dump()}, grid {meta['backbone']['grid']})"
         )
     rows = load_prompt_pool(cfg)
+    check_reward_metadata(cfg.rl.rewards, rows)  # before any GPU step starts
     run_root = join_uri(cfg.storage.uri, "runs", run_name)
     store = open_store(run_root, cfg.storage)
     store.put_bytes("config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False).encode())
@@ -625,6 +627,33 @@ def evaluate(
     }
 
 
+def compare_evaluations(cfg: Config, run_root: str) -> dict[str, Any] | None:
+    """The trained model against the base on the same prompts: each overall with its 95 % interval and the change
+    with the interval of a paired bootstrap over prompts (``htgrpo.eval.bootstrap``); None when an evaluation's
+    report has no per-prompt rows."""
+    from htgrpo.eval.bootstrap import interval, paired_difference, verdict
+
+    store = open_store(join_uri(run_root, "eval"), cfg.storage)
+    reports = {}
+    for name in ("base", "trained"):
+        if not store.exists(f"{name}.json"):
+            return None
+        reports[name] = json.loads(store.get_bytes(f"{name}.json"))
+    base, trained = (reports[k].get("per_prompt") for k in ("base", "trained"))
+    if not base or not trained:
+        return None
+    change = paired_difference(trained, base)
+    return {
+        "metric": "GenEval overall",
+        "images_per_prompt": reports["trained"]["images_per_prompt"],
+        "base": interval(base),
+        "trained": interval(trained),
+        "change": change,
+        "verdict": verdict(change),
+        "method": "95 % intervals from a bootstrap over prompts, stratified by task; the change's is paired",
+    }
+
+
 def register(
     config_json: str,
     run_root: str,
@@ -659,6 +688,9 @@ def register(
             "parent_run_id": parent_run_id or None,
         },
     }
+    comparison = compare_evaluations(cfg, run_root)
+    if comparison is not None:
+        summary["comparison"] = comparison
     open_store(run_root, cfg.storage).put_bytes("summary.json", json.dumps(summary, indent=2).encode())
     tracker.log_metrics(parent_run_id or None, {"base": base_metrics, "trained": trained_metrics}, step=0)
     tracker.end_run(parent_run_id or None)
@@ -670,6 +702,7 @@ __all__ = [
     "LOG_PROBS_FILE",
     "STAGES",
     "PipelineError",
+    "compare_evaluations",
     "evaluate",
     "prepare_data",
     "register",

@@ -71,7 +71,7 @@ from htgrpo.rl.estimators import IterationPlan, RolloutRecord, build_estimator
 from htgrpo.rl.hierarchy import SCORED_RULES
 from htgrpo.rl.loss import LossOutput, grpo_loss, policy_log_probs
 from htgrpo.rl.phases import RolloutBatch, ScoredBatch
-from htgrpo.rl.rewards import mixed_reward
+from htgrpo.rl.rewards import check_reward_metadata, mixed_reward
 from htgrpo.rl.scoring import score_rollout
 from htgrpo.rl.structure_scores import group_disagreement, oracle_object_cells, prompt_pmi
 from htgrpo.sampling import sample
@@ -347,6 +347,7 @@ class GRPOTrainer:
             policy.encode_prompts([r["prompt"] for r in self.prompts])
         except PromptError as exc:
             raise RLError(f"rl.prompts {self.rl.prompts!r}: {exc}") from None
+        check_reward_metadata(self.rl.rewards, self.prompts)
         # the RL task mix is the run's (rl.task_weights), or even over the pool's tasks: never the mix the base
         # happened to be pretrained on
         pool_tasks = [t for t in TASKS if any(r["tag"] == t for r in self.prompts)]
