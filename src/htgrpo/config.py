@@ -394,6 +394,12 @@ class RLConfig(_Frozen):
         "replayed windows), so that methods can be compared at equal steps. null: one step per inner "
         "iteration; ht-grpo with estimator=trajectory always takes n_global + n_struct + n_refine.",
     )
+    score_cfg: bool = Field(
+        False,
+        description="Score the guided policy the rollout sampled from: log-probs of softmax((1+g) cond - g uncond) "
+        "at the rollout's CFG scale g, both branches in each scored forward (twice the cost), for theta, "
+        "theta_old and theta_ref alike. false: the unguided conditional log-probs (MaskGRPO, §4.12).",
+    )
     task_weights: dict[str, float] | None = Field(
         None,
         description="Task mix of the RL prompt draws (task -> weight; a task left out is never drawn). null: "

@@ -37,6 +37,24 @@ def policy_log_probs(
     return token_log_probs(model.logits(prompt, state), codes)
 
 
+def guided_log_probs(
+    model: Backbone,
+    prompt: PromptBatch,
+    uncond: PromptBatch,
+    codes: torch.Tensor,
+    visible: torch.Tensor,
+    cfg_scale: float,
+) -> torch.Tensor:
+    """Per-token log-probs under the classifier-free-guided distribution the rollout sampled from:
+    log softmax((1 + g) f(c, x~) - g f(no prompt, x~))[x], both branches in one forward (``rl.score_cfg``)."""
+    b = codes.shape[0]
+    state = torch.where(visible, codes, torch.full_like(codes, MASK_CODE))
+    batch = PromptBatch.cat([prompt, uncond], model.pad_id)
+    logits = model.logits(batch, torch.cat([state, state])).float()
+    cond, unc = logits[:b], logits[b:]
+    return token_log_probs(cond + cfg_scale * (cond - unc), codes)
+
+
 @dataclass
 class LossOutput:
     """The loss and its statistics over the scored tokens U of the batch given.
@@ -134,4 +152,4 @@ def grpo_loss(
         )
 
 
-__all__ = ["LossOutput", "grpo_loss", "policy_log_probs", "token_log_probs"]
+__all__ = ["LossOutput", "grpo_loss", "guided_log_probs", "policy_log_probs", "token_log_probs"]

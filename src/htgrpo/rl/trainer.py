@@ -69,7 +69,7 @@ from htgrpo.rl.adamw import AdamW
 from htgrpo.rl.advantages import PerPromptStatTracker
 from htgrpo.rl.estimators import IterationPlan, RolloutRecord, build_estimator
 from htgrpo.rl.hierarchy import SCORED_RULES
-from htgrpo.rl.loss import LossOutput, grpo_loss, policy_log_probs
+from htgrpo.rl.loss import LossOutput, grpo_loss, guided_log_probs, policy_log_probs
 from htgrpo.rl.phases import RolloutBatch, ScoredBatch
 from htgrpo.rl.rewards import check_reward_metadata, mixed_reward
 from htgrpo.rl.scoring import score_rollout
@@ -420,7 +420,13 @@ class GRPOTrainer:
         dev = self.device
         part = plan.prompt.index(sl)
         prompt = PromptBatch(part.input_ids.to(dev), part.attention_mask.to(dev))
-        return policy_log_probs(model, prompt, record.codes[sl].to(dev), plan.visible[sl].to(dev))
+        codes, visible = record.codes[sl].to(dev), plan.visible[sl].to(dev)
+        g = self.sampler_cfg.cfg_scale
+        if self.rl.score_cfg and g > 0:
+            unc = model.encode_uncond(codes.shape[0])
+            uncond = PromptBatch(unc.input_ids.to(dev), unc.attention_mask.to(dev))
+            return guided_log_probs(model, prompt, uncond, codes, visible, g)
+        return policy_log_probs(model, prompt, codes, visible)
 
     def _ref_log_probs(self, record: RolloutRecord, plan: IterationPlan, sl: slice) -> torch.Tensor:
         """theta_ref: the frozen copy, or the policy with its LoRA adapter disabled."""
@@ -684,7 +690,12 @@ class GRPOTrainer:
             return self._finish_step(record_out)
         n_run = len(upd.runnable)
         fp = record_out["forward_passes_per_sample"]
-        fp.update(old=n_run, ref=n_run if self.rl.kl_beta > 0 else 0, train=n_run)
+        per = (
+            2 if self.rl.score_cfg and self.sampler_cfg.cfg_scale > 0 else 1
+        )  # CFG's two branches count as two
+        fp.update(old=per * n_run, ref=per * n_run if self.rl.kl_beta > 0 else 0, train=per * n_run)
+        if self.rl.method == "ht-grpo" and self.rl.partition == "prompt_pmi":
+            fp["partition"] = 2  # the conditional and unconditional forward at the fully masked state
         fp["total"] = sum(fp.values())
         record_out.update(
             inner_iterations=n_run,
