@@ -65,7 +65,7 @@ METHODS = ("ht-grpo", "maskgrpo", "unigrpo", "d1", "tracegrpo", "coupled")
 DEFAULT_METHODS = ("ht-grpo", "maskgrpo", "tracegrpo", "unigrpo")
 FULL = "ht-grpo"
 METHOD_OVERRIDES: dict[str, list[str]] = {
-    "ht-grpo": ["rl.partition=prompt_pmi", "rl.estimator=trajectory"],
+    "ht-grpo": ["rl.partition=prompt_pmi", "rl.estimator=staged"],
     "maskgrpo": [],
     "unigrpo": [],
     "d1": [],
@@ -300,8 +300,13 @@ class Plan:
             "rho=0.1": ["rl.rho=0.1"],
             "rho=0.5": ["rl.rho=0.5"],
         }
-        if full["estimator"] == "trajectory":
-            candidates["estimator=staged"] = ["rl.estimator=staged"]
+        # the other reading of the estimator (re-masking the final image, or replaying the visited states)
+        other = "staged" if full["estimator"] == "trajectory" else "trajectory"
+        candidates[f"estimator={other}"] = [f"rl.estimator={other}"]
+        if not full.get("score_cfg"):
+            candidates["score_cfg=true"] = ["rl.score_cfg=true"]
+        else:
+            candidates["score_cfg=false"] = ["rl.score_cfg=false"]
         return {
             name: change
             for name, change in candidates.items()

@@ -97,7 +97,7 @@ def markdown(data: dict[str, Any]) -> str:
         f"holding object pixels in the decoded image; their base rate is **{data['object_cell_base_rate']:.3f}**. "
         "A rule finds the layout when the share of S that is object cells is well above the base rate.",
         "",
-        "| rule | object share of S | share of object cells in S | abs S per image |",
+        "| rule | object share of S | share of object cells in S | size of S per image |",
         "|---|---|---|---|",
     ]
     for r in data["rows"]:

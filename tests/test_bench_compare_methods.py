@@ -87,9 +87,9 @@ def test_plan_overrides_keys_and_ablations(cm):
     ]
     job = plan.main_job("ht-grpo", 1, ["rl.lr=3e-5"])
     rl = cm.resolve_rl(plan.rl_section, job["overrides"])
-    assert cm.METHOD_OVERRIDES["ht-grpo"] == ["rl.partition=prompt_pmi", "rl.estimator=trajectory"]
+    assert cm.METHOD_OVERRIDES["ht-grpo"] == ["rl.partition=prompt_pmi", "rl.estimator=staged"]
     assert rl["optimizer_steps"] == 6 and rl["rewards"] == {"geneval_aligned": 1.0}
-    assert rl["partition"] == "prompt_pmi" and rl["estimator"] == "trajectory" and rl["lr"] == 3e-5
+    assert rl["partition"] == "prompt_pmi" and rl["estimator"] == "staged" and rl["lr"] == 3e-5
     assert rl["steps"] == 60 and rl["seed"] == 1 and rl["task_weights"] is None  # the config's RL mix
     assert job["splits"] == ["test", "unseen"] and job["images_per_prompt"] == 8
     grid_job = plan.grid_jobs("maskgrpo")[0]
@@ -103,7 +103,8 @@ def test_plan_overrides_keys_and_ablations(cm):
     assert cm.resolve_rl(plan.rl_section, partial["overrides"])["rewards"] == {"geneval_partial": 1.0}
     abl = plan.ablations(["rl.lr=3e-5"])
     assert "partition=prompt_pmi" not in abl and "partition=commit" in abl and "partition=oracle" in abl
-    assert abl["estimator=staged"] == ["rl.estimator=staged"] and abl["all-global"][0] == "rl.n_global=6"
+    assert abl["estimator=trajectory"] == ["rl.estimator=trajectory"] and abl["all-global"][0] == "rl.n_global=6"
+    assert abl["score_cfg=false"] == ["rl.score_cfg=false"]  # the config scores the guided policy
 
 
 # --- a tiny run, resumed ----------------------------------------------------------------------------------
