@@ -103,7 +103,9 @@ def test_plan_overrides_keys_and_ablations(cm):
     assert cm.resolve_rl(plan.rl_section, partial["overrides"])["rewards"] == {"geneval_partial": 1.0}
     abl = plan.ablations(["rl.lr=3e-5"])
     assert "partition=prompt_pmi" not in abl and "partition=commit" in abl and "partition=oracle" in abl
-    assert abl["estimator=trajectory"] == ["rl.estimator=trajectory"] and abl["all-global"][0] == "rl.n_global=6"
+    assert (
+        abl["estimator=trajectory"] == ["rl.estimator=trajectory"] and abl["all-global"][0] == "rl.n_global=6"
+    )
     assert abl["score_cfg=false"] == ["rl.score_cfg=false"]  # the config scores the guided policy
 
 

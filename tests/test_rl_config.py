@@ -25,7 +25,8 @@ def test_tiny_yaml_has_an_rl_section():
     assert rl.method == "ht-grpo"
     assert (rl.n_global, rl.n_struct, rl.n_refine, rl.inner_iterations) == (2, 2, 2, 6)
     assert (rl.min_mask_ratio, rl.rho, rl.alpha, rl.clip_eps, rl.kl_beta) == (0.7, 0.25, 1.0, 0.2, 0.01)
-    assert rl.rewards == {"geneval_partial": 1.0}
+    assert rl.rewards == {"geneval_aligned": 1.0}
+    assert rl.partition == "prompt_pmi" and rl.score_cfg and rl.task_weights is None
     assert rl.normalisation == "token"
 
 
@@ -78,7 +79,10 @@ def test_resolved_config_round_trips():
         (["rl.n_refine=0", "rl.inner_iterations=6"], "= 4, but inner_iterations is 6"),
         (["rl.method=coupled", "rl.inner_iterations=5"], "inner_iterations must be even"),
         (["rl.method=tracegrpo", "rl.inner_iterations=4"], "set trace_shrink, not inner_iterations"),
-        (["rl.rollout_sampler=emerge"], "use partition=entropy0 with rollout_sampler=emerge"),
+        (
+            ["rl.rollout_sampler=emerge", "rl.partition=commit"],
+            "use partition=entropy0 with rollout_sampler=emerge",
+        ),
         (["rl.rewards={}"], "name at least one reward"),
         (["rl.rewards={geneval_partial: 0}"], "every weight is 0"),
         (["rl.rewards={geneval_partial: .nan}"], "must be finite"),

@@ -232,7 +232,8 @@ def test_cli_train_and_resume(tmp_path, base_checkpoint, capsys):
     assert rc == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["method"] == "maskgrpo" and summary["steps"] == 1
-    assert summary["forward_passes_per_sample"]["total"] == 8 + 3 * 6
+    # rollout 4 steps x 2 CFG branches; old, ref and train 6 each, two branches each (tiny.yaml's rl.score_cfg)
+    assert summary["forward_passes_per_sample"]["total"] == 8 + 3 * 6 * 2
     assert set(summary["seconds_per_step"]) == {"rollout", "reward", "old_ref", "update"}
     assert (run / "checkpoints" / "step-000001" / "optimizer.safetensors").is_file()
     assert load_config(run / "config.yaml").rl.method == "maskgrpo"
