@@ -13,18 +13,13 @@ import pytest
 from htgrpo.checkpoint import save_checkpoint
 from htgrpo.config import load_config
 from rl_tiny import tiny_backbone
+from test_rl_trainer import SMALL as TRAIN_SMALL
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "tiny.yaml"
 SMALL = [
-    "backbone.d_model=32",
-    "backbone.n_layers=2",
-    "backbone.n_heads=2",
-    "backbone.mlp_hidden_size=64",
-    "tokenizer.codebook_size=16",
-    "world.grid=4",
-    "sampler.steps=4",
-]
+    o for o in TRAIN_SMALL if not o.startswith("rl.")
+]  # the tiny model; the benchmark sets the RL budget
 
 
 @pytest.fixture(scope="module")
