@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,6 +58,16 @@ def test_cosine_counts_match_mmada_and_end_at_zero():
     counts = cosine_masked_counts(16, 8)
     # §2.6: masked counts entering each step of MMaDA (N=16, T=8) are 16, 15, 14, 13, 11, 8, 6, 3.
     assert [16, *counts[:-1]] == [16, 15, 14, 13, 11, 8, 6, 3]
+    assert counts[-1] == 0
+
+
+def test_cosine_counts_use_float32_like_the_official_samplers():
+    # MMaDA at 512^2 (1,024 tokens), T = 15: after step 10 of 15 the ratio is cos(pi/3). In float32 that is
+    # 0.49999997 (1,024 x it = 511.99997), in float64 0.5000000000000001 (512.0000000000001).
+    assert float(np.float32(0.49999997)) < 0.5 < math.cos(math.pi / 3)
+    counts = cosine_masked_counts(1024, 15)
+    assert counts[9] == 511
+    assert math.floor(1024 * math.cos(math.pi / 2 * 10 / 15)) == 512  # what float64 would keep
     assert counts[-1] == 0
 
 

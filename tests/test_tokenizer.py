@@ -252,3 +252,20 @@ def test_random_codes_score_zero_on_every_task(full_tok):
     for task in TASKS:
         assert summary[task] == 0.0
     assert summary["overall"] == 0.0
+
+
+def test_magvit2_decode_truncates_to_uint8_like_mmada():
+    """MMaDA's inference maps clamp((x + 1) / 2, 0, 1) * 255 to uint8 with astype, which truncates: 0.0 becomes
+    127 (127.5), not 128."""
+    import torch
+
+    from htgrpo.tokenizers.magvit2 import Magvit2Tokenizer, MAGVITv2
+    from real_tiny import TINY_MAGVIT
+
+    model = MAGVITv2(TINY_MAGVIT)
+    values = torch.tensor([-1.5, -1.0, -0.999, 0.0, 0.5, 0.9999, 1.0, 2.0])
+    model.decode_codes = lambda codes, grid: values.reshape(1, 1, 1, -1).expand(len(codes), 3, 1, 8)
+    got = Magvit2Tokenizer(model).decode(torch.zeros(2, 1, dtype=torch.long), (1, 1))
+    # by hand: 0, 0, 0.1275 -> 0, 127.5 -> 127, 191.25 -> 191, 254.98725 -> 254, 255, 255
+    assert got.dtype == np.uint8 and got.shape == (2, 1, 8, 3)
+    assert got[0, 0, :, 0].tolist() == [0, 0, 0, 127, 191, 254, 255, 255]

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import torch
+
 
 def cosine_masked_counts(num_tokens: int, steps: int) -> list[int]:
     """Tokens still masked *after* each step s = 0..T-1 of a MaskGIT cosine schedule.
@@ -15,13 +17,18 @@ def cosine_masked_counts(num_tokens: int, steps: int) -> list[int]:
     floor(N * cos(pi/2 * (s+1)/T)), forced to 0 at the last step so the image is complete (MMaDA instead keeps
     one mask there and returns the last full sample; Lumina-DiMOO ends at 0 like this). Each step commits at least
     one token while any remain, so long schedules (T close to N) never stall on a flat stretch of the floor.
+
+    The ratio is computed in float32 torch arithmetic, as both official samplers do (``torch.tensor(ratio)`` then
+    ``torch.cos(t * pi * 0.5)``): in float64, cos(pi/3) * 1024 is just above 512, in float32 just below, so MMaDA
+    at T = 15 keeps 511 tokens masked after step 10, not 512.
     """
     if num_tokens < 0 or steps <= 0:
         raise ValueError(f"need num_tokens >= 0 and steps > 0, got {num_tokens} and {steps}")
     counts: list[int] = []
     remaining = num_tokens
     for s in range(steps):
-        target = 0 if s == steps - 1 else math.floor(num_tokens * math.cos(math.pi / 2 * (s + 1) / steps))
+        ratio = torch.cos(torch.tensor((s + 1) / steps) * math.pi * 0.5)  # float32, as the official samplers
+        target = 0 if s == steps - 1 else int(torch.floor(num_tokens * ratio))
         remaining = max(0, min(target, remaining - 1))
         counts.append(remaining)
     return counts

@@ -300,7 +300,8 @@ class Magvit2Tokenizer(ImageTokenizer):
         out = []
         for i in range(0, len(codes), self.batch_size):
             x = self.model.decode_codes(codes[i : i + self.batch_size], grid)
-            x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            # MMaDA's inference: clamp((x + 1) / 2, 0, 1) * 255, then astype(uint8), which truncates (no rounding)
+            x = (((x.float() + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0).to(torch.uint8)
             out.append(x.permute(0, 2, 3, 1).cpu().numpy())
         if not out:
             return np.zeros((0, grid[0] * self.downsample, grid[1] * self.downsample, 3), np.uint8)
