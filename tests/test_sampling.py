@@ -339,3 +339,19 @@ def test_entropies_are_of_the_temperature_scaled_distribution(backbone):
         cond = backbone.logits(backbone.encode_prompts(PROMPTS), x)
         uncond = backbone.logits(backbone.encode_uncond(len(PROMPTS)), x)
     assert torch.allclose(res.entropy0.double(), entropy((2 * cond - uncond) / 0.5), atol=1e-4)
+
+
+def test_confidence_is_the_untempered_probability_at_any_temperature():
+    """Lumina-DiMOO draws at temperature t but ranks commits by softmax(guided) without t (§2.6)."""
+    from htgrpo.sampling.core import draw_codes
+
+    guided = torch.tensor([[[2.0, 0.0, -1.0], [0.0, 0.0, 3.0]]])
+    for t in (0.5, 1.0, 2.0):
+        draw = draw_codes(guided, t, torch.Generator().manual_seed(0))
+        want = torch.log_softmax(guided, -1).gather(-1, draw.codes[..., None])[..., 0]
+        assert torch.allclose(draw.logp, want, atol=1e-6)
+        tempered = torch.softmax(guided / t, -1)
+        assert torch.allclose(draw.entropy, torch.special.entr(tempered).sum(-1), atol=1e-6)
+        if t != 1.0:  # the tempered probability would rank differently
+            picked = tempered.gather(-1, draw.codes[..., None])[..., 0].log()
+            assert not torch.allclose(draw.logp, picked, atol=1e-3)

@@ -24,8 +24,8 @@ class Draw:
     """One step's proposal at every position: sampled code, its log-prob and the distribution's entropy."""
 
     codes: torch.Tensor  # [b, N] long
-    logp: torch.Tensor  # [b, N] float32, log p(sampled code)
-    entropy: torch.Tensor  # [b, N] float32, nats
+    logp: torch.Tensor  # [b, N] float32, log p(sampled code) under the *untempered* guided distribution
+    entropy: torch.Tensor  # [b, N] float32, nats, of the tempered distribution the code was drawn from
 
 
 CommitRule = Callable[[int, Draw, torch.Tensor, torch.Generator], torch.Tensor]
@@ -59,6 +59,9 @@ def draw_codes(guided: torch.Tensor, temperature: float, generator: torch.Genera
     """Sample a code at every position from softmax(guided / temperature).
 
     Exponential race (argmax p / E, E ~ Exp(1)) is Gumbel-max without a log over the whole [b, N, K] tensor.
+    The confidence ``logp`` is the sampled code's log-prob under the untempered softmax(guided): Lumina-DiMOO's
+    sampler draws at temperature t but ranks its commits by the untempered probability (MMaDA samples at t = 1,
+    where the two agree).
     """
     z = guided if temperature == 1.0 else guided / temperature
     probs = torch.softmax(z, dim=-1)
@@ -66,7 +69,10 @@ def draw_codes(guided: torch.Tensor, temperature: float, generator: torch.Genera
     codes = torch.div(probs, race, out=race).argmax(-1)
     # entr(p) = -p log p with 0 at p = 0, so codebook entries a backbone pins to -inf do not turn into NaN.
     entropy = torch.special.entr(probs).sum(-1)
-    logp = probs.gather(-1, codes.unsqueeze(-1)).squeeze(-1).log()
+    if temperature != 1.0:
+        logp = torch.log_softmax(guided, dim=-1).gather(-1, codes.unsqueeze(-1)).squeeze(-1)
+    else:
+        logp = probs.gather(-1, codes.unsqueeze(-1)).squeeze(-1).log()
     return Draw(codes, logp, entropy)
 
 
