@@ -149,8 +149,15 @@ def test_evaluate_and_register_with_embedded_mlflow(tmp_path):
     assert comp["change"] == {"value": 0.0, "lo": 0.0, "hi": 0.0, "half_width": 0.0}
     assert comp["verdict"] == "tied" and comp["base"] == comp["trained"]
     assert comp["base"]["lo"] <= comp["base"]["value"] <= comp["base"]["hi"]
-    assert summary["registry"]["version"] == 1 and summary["registry"]["promoted"]
+    # the "trained" model is the base itself: a candidate, not promoted, and the step says why
+    reg = summary["registry"]
+    assert reg["version"] == 1 and not reg["promoted"] and "does not beat its base" in reg["reason"]
+    assert reg["margin"] == comp["change"]["half_width"] == 0.0
     assert json.loads((tmp_path / "store/runs/run-3/summary.json").read_text())["base"] == m
+    trained = tmp_path / "store/runs/run-3/eval/trained.json"
+    trained.write_text(json.dumps({**json.loads(trained.read_text()), "images_per_prompt": 4}))
+    with pytest.raises(steps.PipelineError, match="differ in protocol"):
+        steps.compare_evaluations(steps.load_run_config(cj), root)
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")

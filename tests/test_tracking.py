@@ -282,3 +282,47 @@ def test_real_mlflow_server_outage_then_back(tmp_path, monkeypatch):
         assert [(m.step, round(m.value, 3)) for m in hist] == [(3, 0.3), (4, 0.4)]
     finally:
         server.stop()
+
+
+def test_promotion_is_gated_by_the_base_the_champion_and_the_protocol(tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(tracking(uri, tmp_path), tmp_path)
+    ids = log_a_pipeline(tracker, tmp_path)
+    client = MlflowClient(uri)
+    proto = {"split": "test", "seed": 1234, "images_per_prompt": 8}
+
+    def reg(run, value, base, margin=0.02, protocol=proto):
+        return tracker.register(
+            f"s3://b/{run}", ids["parent"], {"overall": value}, base=base, margin=margin, protocol=protocol
+        )
+
+    # a first run that is worse than its base: a candidate, never the champion (there was no champion at all)
+    worse = reg("r1", 0.512, base=0.514)
+    assert worse["version"] == 1 and not worse["promoted"]
+    assert "does not beat its base 0.5140" in worse["reason"]
+    assert str(client.get_model_version_by_alias("tiny", "candidate").version) == "1"
+    with pytest.raises(Exception, match="champion"):
+        client.get_model_version_by_alias("tiny", "champion")
+    # better than its base, but only within the margin
+    assert not reg("r2", 0.530, base=0.514)["promoted"]
+    # beyond the margin, no champion yet: promoted
+    first = reg("r3", 0.550, base=0.514)
+    assert first["promoted"] and "there was no champion" in first["reason"]
+    tags = client.get_model_version("tiny", first["version"]).tags
+    assert (
+        tags["eval.split"] == "test"
+        and tags["eval.images_per_prompt"] == "8"
+        and "promoted" in tags["promotion"]
+    )
+    # beats its own base, but not the champion by the margin
+    near = reg("r4", 0.560, base=0.40)
+    assert not near["promoted"] and "does not beat the champion (version 3, 0.5500)" in near["reason"]
+    # a champion evaluated with another protocol cannot be compared with
+    other = reg("r5", 0.90, base=0.40, protocol={**proto, "images_per_prompt": 4})
+    assert not other["promoted"] and "evaluated otherwise" in other["reason"]
+    # beats both by the margin
+    best = reg("r6", 0.60, base=0.50)
+    assert best["promoted"] and best["previous_champion"] == {"version": 3, "value": 0.55}
+    assert str(client.get_model_version_by_alias("tiny", "champion").version) == str(best["version"])

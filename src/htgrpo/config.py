@@ -707,6 +707,13 @@ class PipelineConfig(_Frozen):
     )
     train: StepResources = Field(default_factory=_gpu_step, description="Training-stage pods.")
     eval: StepResources = Field(default_factory=_gpu_step, description="Evaluation pods.")
+    promote_margin: float | None = Field(
+        None,
+        ge=0,
+        description="How much the trained model must beat its base and the current champion by (in "
+        "tracking.champion_metric) for register to move the champion alias. null: the half-width of the 95 % "
+        "interval of the paired base-vs-trained change (0 when the evaluation gives none).",
+    )
     s3_secret: str = Field(
         "htgrpo-s3",
         description="Kubernetes secret with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (set as env).",

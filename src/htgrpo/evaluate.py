@@ -98,6 +98,7 @@ def evaluate_shapes(
         "benchmark": "shapes",
         "split": split,
         "images_per_prompt": ipp,
+        "seed": cfg.eval.seed if seed is None else seed,
         "prompts": len(rows),
         "images": len(metas),
         "summary": summary,

@@ -397,10 +397,20 @@ class Tracker:
 
     # --- registry -------------------------------------------------------------------------------------------
     def register(
-        self, checkpoint_uri: str, run_id: str | None, metrics: Mapping[str, float]
+        self,
+        checkpoint_uri: str,
+        run_id: str | None,
+        metrics: Mapping[str, float],
+        *,
+        base: float | None = None,
+        margin: float = 0.0,
+        protocol: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Register ``checkpoint_uri`` as a new model version with alias ``candidate``; move ``champion`` to it
-        when it beats the current champion on ``tracking.champion_metric`` (or there is none)."""
+        """Register ``checkpoint_uri`` as a new model version with alias ``candidate``, always. Move ``champion``
+        to it only when its ``tracking.champion_metric`` beats ``base`` (the model it was trained from, on the
+        same evaluation) by more than ``margin``, and beats the current champion by more than ``margin``, the
+        champion having been evaluated with the same ``protocol`` (split, seed, images per prompt; stored as
+        tags). ``result["reason"]`` says why it was or was not promoted."""
         name, key = self.cfg.registered_model, self.cfg.champion_metric
         value = metrics.get(key)
         result: dict[str, Any] = {
@@ -409,6 +419,8 @@ class Tracker:
             "promoted": False,
             "metric": key,
             "value": value,
+            "base": base,
+            "margin": margin,
         }
         if value is None:
             warnings.warn(
@@ -417,23 +429,36 @@ class Tracker:
 
         data = {"checkpoint_uri": checkpoint_uri, "metrics": dict(metrics)}
         out = self._call(
-            "register", run_id, data, lambda rid: self._register(checkpoint_uri, rid, metrics, result)
+            "register",
+            run_id,
+            data,
+            lambda rid: self._register(checkpoint_uri, rid, metrics, result, dict(protocol or {})),
         )
         return out or result
 
     def _register(
-        self, checkpoint_uri: str, run_id: str | None, metrics: Mapping[str, float], result: dict[str, Any]
+        self,
+        checkpoint_uri: str,
+        run_id: str | None,
+        metrics: Mapping[str, float],
+        result: dict[str, Any],
+        protocol: dict[str, Any],
     ) -> dict[str, Any]:
         from mlflow.exceptions import MlflowException
 
         name, key = self.cfg.registered_model, self.cfg.champion_metric
         value = metrics.get(key)
+        base, margin = result["base"], float(result["margin"])
         client = self.client
         try:
             client.get_registered_model(name)
         except MlflowException:
             client.create_registered_model(name, description="HT-GRPO checkpoints (source = checkpoint URI)")
-        tags = {"checkpoint_uri": checkpoint_uri, **{f"metric.{k}": str(v) for k, v in metrics.items()}}
+        tags = {
+            "checkpoint_uri": checkpoint_uri,
+            **{f"metric.{k}": str(v) for k, v in metrics.items()},
+            **{f"eval.{k}": str(v) for k, v in protocol.items()},
+        }
         valid_run = run_id if run_id and not run_id.startswith(OFFLINE_PREFIX) else None
         source = checkpoint_uri
         if "://" not in checkpoint_uri or checkpoint_uri.startswith("file://"):
@@ -447,15 +472,40 @@ class Tracker:
         mv = client.create_model_version(name, source=source, run_id=valid_run, tags=tags)
         client.set_registered_model_alias(name, "candidate", mv.version)
         result["version"] = int(mv.version)
+        reasons: list[str] = []
+        if value is None:
+            reasons.append(f"the evaluation has no {key!r}")
+        elif base is not None and not float(value) > base + margin:
+            reasons.append(
+                f"{key} {float(value):.4f} does not beat its base {base:.4f} by more than {margin:.4f}"
+            )
         try:
             champ = client.get_model_version_by_alias(name, "champion")
+        except MlflowException:
+            champ = None
+        if champ is not None:
             best = float(champ.tags.get(f"metric.{key}", "-inf"))
             result["previous_champion"] = {"version": int(champ.version), "value": best}
-        except MlflowException:
-            best = -math.inf
-        if value is not None and float(value) > best:
+            theirs = {k: champ.tags.get(f"eval.{k}") for k in protocol}
+            if any(theirs[k] != str(v) for k, v in protocol.items()):
+                reasons.append(f"the champion (version {champ.version}) was evaluated otherwise ({theirs})")
+            elif value is not None and not float(value) > best + margin:
+                reasons.append(
+                    f"{key} {float(value):.4f} does not beat the champion (version {champ.version}, {best:.4f}) "
+                    f"by more than {margin:.4f}"
+                )
+        if reasons:
+            result["reason"] = "not promoted: " + "; ".join(reasons)
+        else:
             client.set_registered_model_alias(name, "champion", mv.version)
             result["promoted"] = True
+            result["reason"] = "promoted: " + (
+                f"{key} {float(value):.4f} beats its base"
+                + (f" {base:.4f}" if base is not None else " (none given)")
+                + (" and the champion" if champ is not None else ", and there was no champion")
+                + f" by more than {margin:.4f}"
+            )
+        client.set_model_version_tag(name, mv.version, "promotion", result["reason"])
         return result
 
 

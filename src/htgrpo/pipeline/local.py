@@ -175,6 +175,8 @@ def format_summary(summary: dict[str, Any]) -> str:
             "round and stage, and per evaluation)",
             f"  registered model {reg.get('name')} version {reg.get('version')} (alias candidate{promoted})",
         ]
+        if reg.get("reason"):
+            lines.append(f"  {reg['reason']}")
         page = (
             f"#/experiments/{ml['experiment_id']}/runs/{ml['parent_run_id']}"
             if ml.get("experiment_id")

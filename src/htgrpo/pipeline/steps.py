@@ -643,8 +643,15 @@ def compare_evaluations(cfg: Config, run_root: str) -> dict[str, Any] | None:
     if not base or not trained:
         return None
     change = paired_difference(trained, base)
+    protocols = {k: {f: r.get(f) for f in ("split", "seed", "images_per_prompt")} for k, r in reports.items()}
+    if protocols["base"] != protocols["trained"]:
+        raise PipelineError(
+            f"the base and trained evaluations differ in protocol (base {protocols['base']}, trained "
+            f"{protocols['trained']}); they must use the same split, seed and images per prompt"
+        )
     return {
         "metric": "GenEval overall",
+        "protocol": protocols["trained"],
         "images_per_prompt": reports["trained"]["images_per_prompt"],
         "base": interval(base),
         "trained": interval(trained),
@@ -662,12 +669,29 @@ def register(
     trained_metrics: dict[str, Any],
     parent_run_id: str,
 ) -> dict[str, Any]:
-    """Register the trained checkpoint (alias candidate; champion when it beats the champion); write
-    summary.json (base vs trained per task); close the parent run."""
+    """Register the trained checkpoint: alias candidate always; champion only when it beats its base and the
+    current champion by ``pipeline.promote_margin`` (default: the half-width of the paired change's 95 %
+    interval), on the same evaluation protocol. Write summary.json (base vs trained per task, the intervals, why
+    it was or was not promoted); close the parent run."""
     start = time.time()
     cfg = load_run_config(config_json)
     tracker = _tracker(cfg, run_root)
-    registry = tracker.register(checkpoint_uri, parent_run_id or None, trained_metrics)
+    comparison = compare_evaluations(cfg, run_root)
+    margin = cfg.pipeline.promote_margin
+    if margin is None:
+        margin = comparison["change"]["half_width"] if comparison else 0.0
+    key = cfg.tracking.champion_metric
+    registry = tracker.register(
+        checkpoint_uri,
+        parent_run_id or None,
+        trained_metrics,
+        base=base_metrics.get(key),
+        margin=margin,
+        protocol=comparison["protocol"] if comparison else None,
+    )
+    if registry.get("reason"):
+        print(f"register: {registry['reason']}")
+        tracker.set_tags(parent_run_id or None, {"htgrpo.promotion": registry["reason"]})
     experiment_id = None
     if cfg.tracking.enabled and not tracker.offline:
         try:
@@ -688,7 +712,6 @@ def register(
             "parent_run_id": parent_run_id or None,
         },
     }
-    comparison = compare_evaluations(cfg, run_root)
     if comparison is not None:
         summary["comparison"] = comparison
     open_store(run_root, cfg.storage).put_bytes("summary.json", json.dumps(summary, indent=2).encode())
