@@ -265,6 +265,66 @@ def test_checkpoint_config_override_error_names_config_json(capsys, tmp_path, ti
     assert f"{tiny_ckpt}/config.json" in err and "sampler.stepz" in err
 
 
+# --- train: bad input is one line ------------------------------------------------------------------------------
+
+SCHEMES = "supported: a plain path, file://DIR or s3://BUCKET/PREFIX"
+GOOD_ROW = {
+    "tag": "colors",
+    "include": [{"class": "circle", "count": 1, "color": "red"}],
+    "prompt": "a photo of a red circle",
+}
+
+
+def _pool(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "pool.jsonl"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("bad_json", "error: rl.prompts: {pool}:2: not valid JSON (Expecting property name"),
+        ("not_object", "error: rl.prompts: {pool}:2: a GenEval row must be a JSON object, got a JSON array"),
+        ("ftp_out", f"error: --out: storage URI 'ftp://x/y': unsupported scheme ftp://; {SCHEMES}"),
+        ("gs_out", f"error: --out: storage URI 'gs://b/p': unsupported scheme gs://; {SCHEMES}"),
+        (
+            "s3_dotdot",
+            "error: --out: storage URI 's3://bucket/prefix/../..': an S3 key must not contain a '..'",
+        ),
+        (
+            "gs_store",
+            "storage: uri: 'gs://b/p' has an unsupported scheme gs://; use a plain path, file://DIR",
+        ),
+        (
+            "shapes_class",
+            "error: prompt set '{pool}', row 1 ('a photo of a red circle'): include class 'circel'",
+        ),
+    ],
+)
+def test_train_bad_input_is_one_line(capsys, tmp_path, tiny_ckpt, case, expected):
+    good = json.dumps(GOOD_ROW)
+    out, sets, pool = str(tmp_path / "run"), [*SMALL, "rl.steps=1"], ""
+    if case == "bad_json":
+        pool = _pool(tmp_path, f"{good}\n{{not json\n")
+    elif case == "not_object":
+        pool = _pool(tmp_path, f"{good}\n[1, 2]\n")
+    elif case == "shapes_class":
+        bad = json.dumps({**GOOD_ROW, "include": [{"class": "circel", "count": 1, "color": "red"}]})
+        pool = _pool(tmp_path, f"{good}\n{bad}\n")
+    elif case == "gs_store":
+        sets.append("storage.uri=gs://b/p")
+    else:
+        out = {"ftp_out": "ftp://x/y", "gs_out": "gs://b/p", "s3_dotdot": "s3://bucket/prefix/../.."}[case]
+    if pool:
+        sets.append(f"rl.prompts={pool}")
+    argv = ["train", "--config", str(TINY), "--init", str(tiny_ckpt), "--out", out]
+    rc, _, err = run(capsys, *argv, *[x for item in sets for x in ("--set", item)])
+    assert rc == 2 and err.count("\n") == 1, err
+    assert expected.format(pool=pool) in err and err.startswith("error: ")
+    assert not (tmp_path / "run").exists()
+
+
 # --- the installed entry point ------------------------------------------------------------------------------
 
 

@@ -104,7 +104,12 @@ def test_sharded_rounds_and_resume_of_a_killed_stage(tmp_path, varied_reward, mo
         (["rl.method=d1"], {}, "the pipeline trains ht-grpo"),
         (["sampler.stepz=3"], {}, "sampler.stepz: unknown key"),
         ([], {"shards": 9}, "9 rollout shards for rl.prompts_per_step=2"),
-        ([], {"run_name": "a/b"}, "run_name"),
+        ([], {"run_name": "a/b"}, r"^run_name: 'a/b' is not a valid run name: it must match \[a-z0-9\]"),
+        ([], {"run_name": ".."}, r"^run_name: '\.\.' is not a valid run name: .* no '\.\.' or '/'$"),
+        ([], {"run_name": "x..y"}, r"^run_name: 'x\.\.y' is not a valid run name"),
+        ([], {"run_name": "Nightly"}, r"^run_name: 'Nightly' is not a valid run name"),
+        ([], {"run_name": ""}, r"^run_name: '' is not a valid run name"),
+        ([], {"run_name": "r" * 64}, r"^run_name: 'r{64}' is not a valid run name: .* at most 63 characters"),
     ],
 )
 def test_prepare_data_rejects_bad_parameters(tmp_path, overrides, kw, message):
@@ -112,6 +117,26 @@ def test_prepare_data_rejects_bad_parameters(tmp_path, overrides, kw, message):
     args = {"run_name": "r", "rounds": 1, "shards": 1, **kw}
     with pytest.raises(ConfigError, match=message):
         steps.prepare_data(text, overrides, str(base), storage_uri=f"file://{tmp_path}/s", **args)
+
+
+def test_prepare_data_rejects_a_prompt_class_the_shapes_world_lacks(tmp_path):
+    from htgrpo.errors import RLError
+    from htgrpo.world import grammar
+
+    cfg, base, text = base_and_config(tmp_path, {"geneval_partial": 1.0})
+    pool = tmp_path / "pool.jsonl"
+    rows = [
+        grammar.counting("ring", 2),
+        {**grammar.single_object("ring"), "include": [{"class": "rnig", "count": 1}]},
+    ]
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(
+        RLError, match=rf"^prompt set '{pool}', row 1 \('a photo of a ring'\): include class 'rnig'"
+    ):
+        steps.prepare_data(
+            text, [f"rl.prompts={pool}"], str(base), "r", 1, 1, storage_uri=f"file://{tmp_path}/s"
+        )
+    assert not (tmp_path / "s" / "runs").exists()  # refused before anything was written
 
 
 def test_prepare_data_rejects_a_checkpoint_of_another_backbone(tmp_path):

@@ -173,3 +173,47 @@ def test_rl_prompts_names_a_source(monkeypatch):
         load_prompt_pool(load_config("configs/tiny.yaml", ["rl.prompts=geneval-train?mix=place=1"]))
     with pytest.raises(ConfigError, match="neither a split.*geneval-train.*nor a file"):
         load_prompt_pool(load_config("configs/tiny.yaml", ["rl.prompts=missing.jsonl"]))
+
+
+# --- bad prompt files and rows ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{good}\n{{not json\n", ":2: not valid JSON (Expecting property name"),
+        ("{good}\n\n[1, 2]\n", ":3: a GenEval row must be a JSON object, got a JSON array ([1, 2])"),
+        ('"a photo of a ring"\n', ":1: a GenEval row must be a JSON object, got a JSON string"),
+        ("{good}\n7\n", ":2: a GenEval row must be a JSON object, got a JSON number (7)"),
+    ],
+)
+def test_a_prompt_file_line_that_is_not_a_json_object_names_the_file_and_line(tmp_path, text, message):
+    path = tmp_path / "pool.jsonl"
+    path.write_text(text.format(good=json.dumps(grammar.single_object("ring"))))
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"rl.prompts={path}"])
+    with pytest.raises(ConfigError) as exc:
+        P.load_prompt_pool(cfg)
+    assert str(exc.value).startswith(f"rl.prompts: {path}{message}") and "\n" not in str(exc.value)
+
+
+def test_the_shapes_world_refuses_classes_and_colours_it_does_not_have():
+    from htgrpo.errors import RLError
+
+    pool = [
+        grammar.counting("ring", 2),
+        grammar.colors("circle", "red"),
+        grammar.position("cross", "above", "ring"),
+    ]
+    P.check_shapes_pool(pool, "pool.jsonl")  # the world's own rows pass
+    cases = [
+        ({**pool[1], "include": [{"class": "circel", "count": 1, "color": "red"}]}, "include class 'circel'"),
+        ({**pool[0], "exclude": [{"class": "dog", "count": 3}]}, "exclude class 'dog'"),
+        ({**pool[1], "include": [{"class": "circle", "count": 1, "color": "teal"}]}, "include colour 'teal'"),
+        ({**pool[1], "include": [{"count": 1}]}, "include class None"),
+    ]
+    for row, cause in cases:
+        with pytest.raises(RLError) as exc:
+            P.check_shapes_pool([pool[0], row], "pool.jsonl")
+        text = str(exc.value)
+        assert text.startswith(f"prompt set 'pool.jsonl', row 1 ({row['prompt']!r}): {cause}"), text
+        assert ("palette" if "colour" in cause else "not a shape of the shapes world") in text

@@ -1,4 +1,5 @@
-"""Group advantages: z-scores per group, equal rewards, non-finite rewards, clipping, per-prompt tracking."""
+"""Group advantages: z-scores per group, equal rewards, non-finite and overflowing rewards, clipping, per-prompt
+tracking."""
 
 from __future__ import annotations
 
@@ -65,3 +66,48 @@ def test_per_prompt_tracker_uses_the_prompt_history():
     assert again.state_dict() == state
     via = group_advantages(np.array([0.0, 1.0]), 2, tracker=PerPromptStatTracker(4), prompts=["a", "a"])
     np.testing.assert_allclose(via.advantages, [-1.0, 1.0], atol=1e-4)
+
+
+def test_finite_rewards_whose_group_statistics_overflow_count_as_nonfinite():
+    with np.errstate(all="raise"):  # no overflow warning escapes: it is caught and counted
+        # mean 0 but the std overflows; the mean itself overflows; a sane group beside them stays
+        out = group_advantages(np.array([1e308, -1e308, 1e308, 1e308, -1e308, 0.0, 1.0, 2.0, 3.0]), 3)
+    assert out.nonfinite == 6 and out.groups_skipped == 2
+    assert out.dropped.tolist() == [True] * 6 + [False] * 3
+    assert out.keep.tolist() == [False] * 6 + [True] * 3
+    assert np.isfinite(out.advantages).all() and (out.advantages[:6] == 0).all()
+    every = group_advantages(np.array([1e308, -1e308, -1e308, 1e308]), 2)
+    assert not every.keep.any() and every.groups_skipped == every.groups == 2 and every.nonfinite == 4
+
+
+def test_per_prompt_statistics_that_overflow_drop_the_samples_and_record_nothing():
+    tracker = PerPromptStatTracker(4)
+    first = group_advantages(np.array([-1.2e154, 0.0]), 2, tracker=tracker, prompts=["a", "a"])
+    assert first.keep.all() and first.nonfinite == 0
+    # the group alone is fine; pooled with the prompt's history its squared deviations overflow
+    second = group_advantages(np.array([1.2e154, 0.0]), 2, tracker=tracker, prompts=["a", "a"])
+    assert second.nonfinite == 2 and not second.keep.any() and second.groups_skipped == 1
+    assert np.isfinite(second.advantages).all()
+    assert list(tracker.history["a"]) == [-1.2e154, 0.0]
+
+
+def test_nonfinite_components_name_the_cause_of_each_dropped_sample():
+    from htgrpo.rl.scoring import nonfinite_components
+
+    weights = {"a": 1.0, "b": 10.0}
+    values = {
+        "a": np.array([np.nan, 0.0, 1e308, 1.0, 1.0]),  # sample 0: NaN
+        "b": np.array(
+            [0.0, 1e308, 1e307, 1.0, 1.0]
+        ),  # sample 1: 10 x 1e308 overflows; sample 2: the sum does
+    }
+    with np.errstate(all="ignore"):
+        total = values["a"] + 10.0 * values["b"]
+    assert not np.isfinite(total[:3]).any() and np.isfinite(total[3:]).all()
+    dropped = np.array([True, True, True, True, False])  # sample 3: finite, its group's statistics overflowed
+    assert nonfinite_components(weights, values, total, dropped) == {
+        "a": 1,
+        "b": 1,
+        "weighted_sum": 1,
+        "group_statistics": 1,
+    }

@@ -15,6 +15,7 @@ from htgrpo.cli import main
 from htgrpo.config import RL_METHODS, load_config
 from htgrpo.rl import rewards as rw
 from htgrpo.rl.rewards import register_reward
+from htgrpo.rl.scoring import NONFINITE_SKIP
 from htgrpo.rl.trainer import METRICS, GRPOTrainer, RLError
 from rl_tiny import tiny_backbone, tiny_config
 
@@ -180,6 +181,77 @@ def test_bad_prompt_sets(tmp_path):
             prompts=[{"prompt": "a photo of a cat", "tag": "single_object"}],
             progress=False,
         )
+    # words the vocabulary has, metadata the shapes world has not: it would train silently with reward 0
+    row = {
+        "tag": "colors",
+        "include": [{"class": "circel", "count": 1, "color": "red"}],
+        "prompt": "a photo of a red circle",
+    }
+    with pytest.raises(RLError) as exc:
+        GRPOTrainer(tiny_config(), tiny_backbone(), prompts=[row], progress=False)
+    assert str(exc.value).startswith(
+        "prompt set 'given', row 0 ('a photo of a red circle'): include class 'circel' is not a shape of the shapes "
+        "world (square, circle, triangle, diamond, cross, ring)"
+    )
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(json.dumps({**row, "include": [{"class": "circle", "count": 1, "color": "teal"}]}) + "\n")
+    with pytest.raises(
+        RLError, match=rf"prompt set '{pool}', row 0 .*: include colour 'teal' of the circle is not in"
+    ):
+        GRPOTrainer(tiny_config(prompts=str(pool)), tiny_backbone(), progress=False)
+
+
+def _constant(value):
+    return lambda images, p, m: np.full(len(images), value)
+
+
+@pytest.mark.parametrize(
+    ("rewards", "named"),
+    [
+        ({"all_nan": 1.0}, "non-finite reward components: all_nan (12 samples)"),
+        ({"huge": 10.0}, "non-finite reward components: huge (12 samples)"),  # 10 x 1e308 overflows
+        ({"huge": 1.0, "huge_too": 1.0}, "the weighted sum of huge, huge_too, which overflowed (12 samples)"),
+        ({"plus_minus": 1.0}, "the group mean and std of plus_minus, which overflowed (12 samples)"),
+    ],
+)
+def test_steps_skipped_for_nonfinite_rewards_stop_the_run(scratch_registry, rewards, named):
+    register_reward("all_nan", _constant(np.nan))
+    register_reward("huge", _constant(1e308))
+    register_reward("huge_too", _constant(1e308))
+    register_reward("plus_minus", lambda images, p, m: np.where(np.arange(len(images)) % 2, 1e308, -1e308))
+    cfg = tiny_config(steps=5, rewards=rewards, max_skipped_steps=2)
+    trainer = GRPOTrainer(cfg, tiny_backbone(), progress=False)
+    with pytest.warns(RuntimeWarning, match="non-finite"), pytest.raises(RLError) as exc:
+        trainer.train()
+    message = str(exc.value)
+    assert message.startswith(
+        "rl.max_skipped_steps=2: RL steps 1 to 2 were all skipped because every reward was non-finite; "
+    )
+    assert named in message and "\n" not in message
+    assert trainer.step == 2 and all(h["skipped"] == NONFINITE_SKIP for h in trainer.history)
+
+
+def test_the_nonfinite_streak_counts_consecutive_steps_only(scratch_registry):
+    register_reward("flat", _constant(0.5))
+    trainer = GRPOTrainer(tiny_config(rewards={"flat": 1.0}), tiny_backbone(), progress=False)
+    assert trainer.rl.max_skipped_steps == 3
+    nan = {"skipped": NONFINITE_SKIP, "nonfinite_components": {"flat": 6}}
+    trainer.history = [
+        {"step": 1, **nan},
+        {"step": 2, **nan},
+        {"step": 3},
+        {"step": 4, **nan},
+        {"step": 5, **nan},
+    ]
+    trainer._check_nonfinite_streak()  # two in a row since step 3 trained
+    trainer.history.append({"step": 6, **nan})
+    with pytest.raises(RLError, match="RL steps 4 to 6 were all skipped .*: flat \\(18 samples\\)"):
+        trainer._check_nonfinite_streak()
+    off = GRPOTrainer(
+        tiny_config(rewards={"flat": 1.0}, max_skipped_steps=0), tiny_backbone(), progress=False
+    )
+    off.history = trainer.history
+    off._check_nonfinite_streak()  # 0: never stop
 
 
 # --- the command line -------------------------------------------------------------------------------------
@@ -260,6 +332,20 @@ def test_cli_train_bad_input(tmp_path, base_checkpoint, capsys, extra, message):
     rc, _, err = cli(capsys, *argv)
     assert rc == 2
     assert err.startswith("error: ") and message in err
+
+
+def test_cli_train_stops_when_every_reward_stays_nonfinite(
+    tmp_path, base_checkpoint, scratch_registry, capsys
+):
+    register_reward("all_nan", _constant(np.nan))
+    argv = ["train", "--init", str(base_checkpoint), "--out", str(tmp_path / "r")]
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        rc, _, err = cli(capsys, *argv, *set_args("rl.steps=4", "rl.rewards={all_nan: 1.0}"))
+    last = err.rstrip("\n").split("\n")[-1].split("\r")[-1]  # after the progress bar: one line
+    assert rc == 2 and last.startswith("error: rl.max_skipped_steps=3: RL steps 1 to 3 were all skipped")
+    assert "non-finite reward components: all_nan (12 samples)" in last and "Traceback" not in err
+    lines = (tmp_path / "r" / METRICS).read_text().splitlines()
+    assert [json.loads(x)["skipped"] for x in lines] == [NONFINITE_SKIP] * 3
 
 
 def test_cli_train_empty_prompt_file(tmp_path, base_checkpoint, capsys):

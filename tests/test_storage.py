@@ -8,6 +8,7 @@ server is back the last whole checkpoint loads while the interrupted one is neve
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 
 from htgrpo.checkpoint import MANIFEST, load_checkpoint, read_checkpoint_file, save_checkpoint
 from htgrpo.config import Config, StorageConfig, load_config
-from htgrpo.errors import CheckpointError, StorageError
+from htgrpo.errors import CheckpointError, ConfigError, StorageError
 from htgrpo.storage import (
     FileStore,
     S3Store,
@@ -25,6 +26,7 @@ from htgrpo.storage import (
     latest_whole_checkpoint,
     list_checkpoints,
     open_store,
+    split_uri,
     upload_checkpoint_dir,
 )
 from rl_tiny import tiny_backbone
@@ -112,6 +114,53 @@ def test_storage_config_rejects_unknown_schemes():
         StorageConfig(uri="s3://b/x")
     with pytest.raises(Exception, match="storage.retries"):
         load_config(ROOT / "configs/tiny.yaml", ["storage.retries=-1"])
+
+
+@pytest.mark.parametrize("uri", ["ftp://x/y", "gs://bucket/p"])
+def test_an_unsupported_scheme_is_one_error_naming_the_uri_and_the_schemes(uri):
+    scheme = uri.split("://")[0]
+    for fn in (split_uri, open_store):
+        with pytest.raises(ConfigError) as exc:
+            fn(uri)
+        assert str(exc.value) == (
+            f"storage URI {uri!r}: unsupported scheme {scheme}://; supported: a plain path, file://DIR or "
+            "s3://BUCKET/PREFIX"
+        )
+    with pytest.raises(
+        ValueError, match=f"unsupported scheme {scheme}://; use a plain path, file://DIR or s3://"
+    ):
+        StorageConfig(uri=uri)
+
+
+class NoRequests:
+    """An S3 client that fails the test on any request."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"an S3 request ({name}) was sent")
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/prefix/../..", "s3://bucket/a/../b", "s3://bucket/.."])
+def test_an_s3_uri_with_dotdot_is_refused_naming_it(uri):
+    with pytest.raises(ConfigError, match=rf"^storage URI {re.escape(repr(uri))}: .*'\.\.' segment"):
+        open_store(uri, StorageConfig(uri="s3://bucket/p"))
+    with pytest.raises(ValueError, match=r"'\.\.' segment"):
+        StorageConfig(uri=uri)
+
+
+def test_an_s3_key_with_dotdot_is_refused_before_any_request():
+    storage = StorageConfig(uri="s3://bucket/p", endpoint_url="http://127.0.0.1:9", retries=3)
+    store = open_store(storage.uri, storage)
+    store.client = NoRequests()
+    calls = {
+        "put": lambda: store.put_bytes("a/../../x.json", b"1"),
+        "get": lambda: store.get_bytes("../x"),
+        "head": lambda: store.exists(".."),
+        "list": lambda: store.list("a/.."),
+        "delete": lambda: store.delete("a/../.."),
+    }
+    for what, call in calls.items():
+        with pytest.raises(ConfigError, match=rf"^S3 {what} of s3://bucket/p/\S+ refused before any request"):
+            call()
 
 
 # --- s3:// against SeaweedFS -------------------------------------------------------------------------------------

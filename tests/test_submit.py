@@ -207,10 +207,84 @@ def test_submit_reports_a_refusal_without_a_traceback(tmp_path, monkeypatch, cap
 
 def test_cli_dry_run_and_errors(capsys):
     assert main(["pipeline", "submit", "--package", str(PACKAGE), "--experiment", "e", "--dry-run",
-                 "--param", "shards=5", "--run-name-prefix", "nightly"]) == 0  # fmt: skip
+                 "--param", "shards=3", "--run-name-prefix", "nightly"]) == 0  # fmt: skip
     out = json.loads(capsys.readouterr().out)
-    assert out["arguments"] == {"shards": 5} and out["run_name"].startswith("nightly-")
+    assert out["arguments"] == {"shards": 3} and out["run_name"].startswith("nightly-")
     assert out["defaults"]["config"] == "configs/tiny.yaml" and out["token_present"] is False
     assert main(["pipeline", "submit", "--package", str(PACKAGE), "--experiment", "e", "--dry-run",
                  "--param", "tracking=http://x"]) == 2  # fmt: skip
     assert "error: parameter tracking: not an input of the pipeline" in capsys.readouterr().err
+
+
+RULE = (
+    "is not a valid run name: it must match [a-z0-9][a-z0-9._-]{0,62} (lowercase letters, digits, '.', '_' and "
+    "'-', starting with a letter or digit, at most 63 characters) and contain no '..' or '/'"
+)
+
+
+@pytest.mark.parametrize("name", ["..", "a..b", "a/b", "Nightly", "-x", "x" * 64, ""])
+def test_check_run_name_names_the_value_and_the_rule(name):
+    from htgrpo.config import check_run_name
+    from htgrpo.errors import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        check_run_name(name, "run_name")
+    assert str(exc.value) == f"run_name: {name!r} {RULE}"
+
+
+def test_check_run_name_accepts_run_names():
+    from htgrpo.config import check_run_name
+
+    for name in ("nightly", "htgrpo-scheduled-20260101-030000", "r.1_a", "x" * 63, "2026"):
+        assert check_run_name(name) == name
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--run-name", ".."], f"error: --run-name: '..' {RULE}"),
+        (["--run-name", "a/b"], f"error: --run-name: 'a/b' {RULE}"),
+        (["--run-name", "Nightly-1"], f"error: --run-name: 'Nightly-1' {RULE}"),
+        (["--run-name-prefix", "Nightly"], "error: the default run name (--run-name-prefix + '-YYYYmmdd-HHMMSS'; "
+                                           "pass --run-name-prefix): 'Nightly-"),
+        (["--param", "run_name=.."], f"error: parameter run_name: '..' {RULE}"),
+        (["--param", 'overrides=["rl.lrr=1e-5"]'], "error: parameters: configs/tiny.yaml (with overrides "
+                                                   "rl.lrr=1e-5): rl.lrr: unknown key"),
+        (["--param", 'overrides=["rl.lr=-1"]'], "error: parameters: configs/tiny.yaml (with overrides rl.lr=-1): "
+                                                "rl.lr: Input should be greater than 0"),
+        (["--param", "shards=0"], "error: parameters: shards: 0 rollout shards for rl.prompts_per_step=4; "
+                                  "use 1 to 4"),
+        (["--param", "shards=5"], "error: parameters: shards: 5 rollout shards for rl.prompts_per_step=4"),
+        (["--param", "storage_uri=gs://b/p"], "error: parameters: configs/tiny.yaml: storage: uri: 'gs://b/p' has "
+                                              "an unsupported scheme gs://"),
+        (["--param", "config=nowhere.yaml", "--param", 'overrides=["rl.lrr=1"]'], "error: parameters: the default "
+         "configuration (config 'nowhere.yaml' is not on this machine) (with overrides rl.lrr=1): rl.lrr: unknown key"),
+        (["--param", "config=nowhere.yaml", "--param", "shards=0"], "error: parameter shards: 0 rollout shards; "
+                                                                    "use at least 1"),
+    ],
+)  # fmt: skip
+def test_dry_run_checks_the_run_name_and_parameters_as_prepare_data_does(capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(ROOT)  # the pipeline's default config, configs/tiny.yaml, is relative
+    rc = main(["pipeline", "submit", "--package", str(PACKAGE), "--experiment", "e", "--dry-run", *argv])
+    captured = capsys.readouterr()
+    assert rc == 2 and captured.out == ""
+    assert captured.err.startswith(message) and captured.err.count("\n") == 1, captured.err
+
+
+def test_dry_run_checks_overrides_against_the_defaults_when_the_config_is_elsewhere(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    argv = [
+        "--param",
+        "config=/in/the/image.yaml",
+        "--param",
+        'overrides=["rl.lr=1e-5"]',
+        "--param",
+        "shards=12",
+    ]
+    assert (
+        main(["pipeline", "submit", "--package", str(PACKAGE), "--experiment", "e", "--dry-run", *argv]) == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert out["config_note"].startswith("config '/in/the/image.yaml' is not on this machine")
+    plan = plan_submission(PACKAGE, experiment="e", params=["shards=4"])  # configs/tiny.yaml is here: no note
+    assert "config_note" not in plan.to_dict()

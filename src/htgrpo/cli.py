@@ -156,8 +156,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, ctx) -> int:
-    from htgrpo.config import load_config
+    from htgrpo.config import ConfigError, load_config
     from htgrpo.rl.trainer import GRPOTrainer, init_policy
+    from htgrpo.storage import split_uri
 
     _threads()
     overrides = list(args.overrides)
@@ -168,6 +169,10 @@ def _train(args: argparse.Namespace, ctx) -> int:
     cfg = load_config(args.config, overrides)
     # a directory, file://DIR or s3://BUCKET/PREFIX
     out = args.out or f"runs/{cfg.rl.method}-seed{cfg.rl.seed}"
+    try:  # before the model is loaded: an unsupported scheme or an S3 key with '..' is refused here
+        split_uri(out)
+    except ConfigError as exc:
+        raise ConfigError(f"--out: {exc}") from None
     init = args.init
     if init is None and cfg.backbone.kind == "tiny":
         init = "checkpoints/base"

@@ -7,6 +7,7 @@ path and the file named, e.g. ``configs/tiny.yaml: sampler.steps: Input should b
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -447,6 +448,13 @@ class RLConfig(_Frozen):
         False,
         description="Leave groups whose rewards are all equal out of the update (they carry no signal).",
     )
+    max_skipped_steps: int = Field(
+        3,
+        ge=0,
+        description="Stop the run with an error naming the reward components after this many consecutive RL "
+        "steps skipped because every reward was non-finite (NaN, infinite, or so large that it overflows); "
+        "0: never stop.",
+    )
     rollout_sampler: Literal["maskgit", "emerge"] = Field(
         "maskgit", description="Rollout sampler; partition=commit needs maskgit (confidence order)."
     )
@@ -597,10 +605,17 @@ class StorageConfig(_Frozen):
             bucket = uri[len("s3://") :].split("/", 1)[0]
             if not 3 <= len(bucket) <= 63:
                 raise ValueError(f"uri: the S3 bucket name {bucket!r} must have 3 to 63 characters")
+            if ".." in uri[len("s3://") :].split("/"):
+                raise ValueError(
+                    f"uri: {uri!r}: an S3 key must not contain a '..' segment (it would leave its prefix)"
+                )
         elif "://" in uri and not uri.startswith("file://"):
-            raise ValueError(f"uri: {uri!r} has an unsupported scheme; use file://DIR or s3://BUCKET/PREFIX")
+            raise ValueError(
+                f"uri: {uri!r} has an unsupported scheme {uri.split('://', 1)[0]}://; use a plain path, file://DIR "
+                "or s3://BUCKET/PREFIX"
+            )
         elif not uri or uri in ("file://", "s3://"):
-            raise ValueError("uri: empty; use file://DIR or s3://BUCKET/PREFIX")
+            raise ValueError("uri: empty; use a plain path, file://DIR or s3://BUCKET/PREFIX")
         return self
 
 
@@ -748,6 +763,23 @@ class Config(_Frozen):
                 f"backbone.kind is {self.backbone.kind!r}; use prompt_pmi or group_disagreement on real images"
             )
         return self
+
+
+RUN_NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,62}"
+"""A pipeline run's name: it names the run's directory in the store (``storage.uri``/runs/NAME) and its MLflow
+run, so it is one lowercase path segment of at most 63 characters, and never ``..``."""
+
+
+def check_run_name(name: Any, what: str = "run_name") -> str:
+    """``name`` when it is a valid run name (``RUN_NAME_PATTERN``, no ``..``), else a ``ConfigError`` naming
+    ``what``, the value and the rule. The submitter and the pipeline's prepare_data step both call it."""
+    if not isinstance(name, str) or not re.fullmatch(RUN_NAME_PATTERN, name) or ".." in name:
+        raise ConfigError(
+            f"{what}: {name!r} is not a valid run name: it must match {RUN_NAME_PATTERN} (lowercase letters, "
+            "digits, '.', '_' and '-', starting with a letter or digit, at most 63 characters) and contain "
+            "no '..' or '/'"
+        )
+    return name
 
 
 def format_errors(exc: ValidationError, source: str) -> str:

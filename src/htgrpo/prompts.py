@@ -638,7 +638,10 @@ def load_prompt_pool(cfg: Config) -> list[Metadata]:
                 f"rl.prompts: {source!r} is neither a split (train, val, test, unseen), a prompt source "
                 f"({', '.join(list_sources())}) nor a file"
             )
-        rows = grammar.read_jsonl(path)
+        try:
+            rows = grammar.read_jsonl(path)
+        except ConfigError as exc:
+            raise ConfigError(f"rl.prompts: {exc}") from None
     return check_prompt_pool(rows, source)
 
 
@@ -655,8 +658,41 @@ def check_prompt_pool(rows: Sequence[Metadata], source: str) -> list[Metadata]:
     return rows
 
 
+def check_shapes_pool(rows: Sequence[Metadata], source: str) -> None:
+    """Every ``include`` / ``exclude`` object of every row names one of the shapes world's shapes and, where it has
+    a colour, one of its palette's colours; otherwise an ``RLError`` names the row, the field and the value.
+
+    Only for the shapes world (``backbone.kind: tiny``): its detector knows nothing else, so such a row would
+    train silently with reward 0. Real backbones take COCO classes, which this check would refuse.
+    """
+    from htgrpo.world.palette import COLOR_NAMES, SHAPES
+
+    for i, row in enumerate(rows):
+        where = f"prompt set {source!r}, row {i} ({str(row.get('prompt'))!r:.80})"
+        for field in ("include", "exclude"):
+            items = row.get(field) or []
+            if not isinstance(items, list):
+                raise RLError(f"{where}: {field} must be a list of objects, got {items!r:.60}")
+            for item in items:
+                if not isinstance(item, dict):
+                    raise RLError(f"{where}: {field} entries must be objects, got {item!r:.60}")
+                cls = item.get("class")
+                if cls not in SHAPES:
+                    raise RLError(
+                        f"{where}: {field} class {cls!r} is not a shape of the shapes world "
+                        f"({', '.join(SHAPES)}), so its detector never finds one (backbone.kind is tiny)"
+                    )
+                color = item.get("color")
+                if color is not None and color not in COLOR_NAMES:
+                    raise RLError(
+                        f"{where}: {field} colour {color!r} of the {cls} is not in the shapes world's palette "
+                        f"({', '.join(COLOR_NAMES)}), so its detector never finds one (backbone.kind is tiny)"
+                    )
+
+
 __all__ = [
     "check_prompt_pool",
+    "check_shapes_pool",
     "load_prompt_pool",
     "DEFAULT_N",
     "FLOW_GRPO_MIX",

@@ -2,7 +2,10 @@
 
 Everything is checked before a server is contacted: the package (a local file or an ``s3://`` URI) must parse
 strictly as KFP IR; every ``KEY=VALUE`` parameter must be a root input of the pipeline and is converted to that
-input's type (a bad one is an error naming the key); inputs without a default must be given. A GPU node pool, when
+input's type (a bad one is an error naming the key); inputs without a default must be given. The parameters are
+then checked as the pipeline's prepare_data step will check them (``check_run_parameters``: the run name, and
+config, overrides, shards and the URIs through the configuration models), and the run's name must be a valid run
+name (``htgrpo.config.check_run_name``), since it names the run's directory in the store. A GPU node pool, when
 given, replaces the accelerator, node selector and tolerations that were compiled into the GPU steps, so a
 ``helm upgrade`` can move training to another pool without recompiling.
 
@@ -26,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from htgrpo.config import check_run_name
 from htgrpo.errors import HtgrpoError
 
 DEFAULT_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
@@ -120,6 +124,8 @@ class SubmitPlan:
     service_account: str | None = None
     gpu_pool: GpuPool | None = None
     gpu_executors: list[str] = field(default_factory=list)
+    config_note: str | None = None
+    """Set when the parameters could be checked only in part (the config file is not on this machine)."""
     documents: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,6 +141,7 @@ class SubmitPlan:
             "service_account": self.service_account,
             "gpu_pool": self.gpu_pool.to_dict() if self.gpu_pool else None,
             "gpu_executors": self.gpu_executors,
+            **({"config_note": self.config_note} if self.config_note else {}),
         }
 
     def package_text(self) -> str:
@@ -308,6 +315,62 @@ def default_run_name(prefix: str) -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
 
 
+def compiled_rounds(docs: list[dict[str, Any]]) -> int:
+    """The RL rounds compiled into the pipeline (prepare_data's constant ``rounds`` input; 1 when absent)."""
+    task = docs[0].get("root", {}).get("dag", {}).get("tasks", {}).get("prepare-data", {})
+    value = task.get("inputs", {}).get("parameters", {}).get("rounds", {}).get("runtimeValue", {})
+    try:
+        return int(value.get("constant", 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def check_run_parameters(
+    inputs: dict[str, dict[str, Any]], args: dict[str, Any], rounds: int = 1
+) -> str | None:
+    """Check the run's parameters (given or defaulted) as the pipeline's prepare_data step will: ``run_name``,
+    then ``config``, ``overrides``, ``shards``, ``storage_uri`` and ``tracking_uri`` through the same
+    configuration models (``htgrpo.pipeline.steps.resolve_config``). A pipeline without a ``config`` input is
+    not checked. When ``config`` names a file that is not on this machine, the overrides and parameters are
+    checked against the default configuration and shards only for being at least 1; the returned note says so.
+    """
+    from htgrpo.errors import ConfigError
+    from htgrpo.pipeline.steps import is_inline_config, resolve_config
+
+    if "config" not in inputs:
+        return None
+    values = {k: spec["defaultValue"] for k, spec in inputs.items() if "defaultValue" in spec}
+    values.update(args)
+    if values.get("run_name"):
+        check_run_name(values["run_name"], "parameter run_name")
+    config = str(values.get("config", ""))
+    shards = int(values.get("shards", 1))
+    note = None
+    inline_source = "config parameter (inline YAML)"
+    if not is_inline_config(config) and not Path(config).is_file():
+        note = (
+            f"config {config!r} is not on this machine: the overrides were checked against the default "
+            "configuration, shards only for being at least 1"
+        )
+        if shards < 1:
+            raise SubmitError(f"parameter shards: {shards} rollout shards; use at least 1")
+        inline_source = f"the default configuration (config {config!r} is not on this machine)"
+        config, shards = "{}", 1
+    try:
+        resolve_config(
+            config,
+            [str(o) for o in values.get("overrides") or []],
+            rounds=rounds,
+            shards=shards,
+            storage_uri=str(values.get("storage_uri") or ""),
+            tracking_uri=str(values.get("tracking_uri") or ""),
+            inline_source=inline_source,
+        )
+    except ConfigError as exc:
+        raise SubmitError(f"parameters: {exc}") from None
+    return note
+
+
 def plan_submission(
     package: str | Path,
     *,
@@ -327,6 +390,14 @@ def plan_submission(
     docs = read_package(package, s3_endpoint=s3_endpoint)
     inputs = pipeline_inputs(docs)
     args = check_params(inputs, params)
+    name = run_name or default_run_name(run_name_prefix or experiment)
+    # with an empty run_name parameter, the KFP run's name names the run's directory in the store
+    if run_name:
+        check_run_name(name, "--run-name")
+    else:
+        source = "--run-name-prefix" if run_name_prefix else "--experiment"
+        check_run_name(name, f"the default run name ({source} + '-YYYYmmdd-HHMMSS'; pass --run-name-prefix)")
+    config_note = check_run_parameters(inputs, args, compiled_rounds(docs))
     gpu_execs = apply_gpu_pool(docs, gpu_pool) if gpu_pool else []
     if gpu_pool:
         _validate_documents(docs, f"{package} (with the GPU pool applied)")
@@ -334,7 +405,7 @@ def plan_submission(
         package=str(package),
         pipeline=docs[0].get("pipelineInfo", {}).get("name", ""),
         experiment=experiment,
-        run_name=run_name or default_run_name(run_name_prefix or experiment),
+        run_name=name,
         arguments=args,
         defaults={
             k: v["defaultValue"] for k, v in sorted(inputs.items()) if k not in args and "defaultValue" in v
@@ -344,6 +415,7 @@ def plan_submission(
         service_account=service_account,
         gpu_pool=gpu_pool,
         gpu_executors=gpu_execs,
+        config_note=config_note,
         documents=docs,
     )
 

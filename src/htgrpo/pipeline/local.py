@@ -51,12 +51,13 @@ def run_local(
     """Run the compiled pipeline; returns summary.json of the run plus the wall time and the per-step split."""
     from kfp import components, local
 
+    from htgrpo.config import check_run_name
     from htgrpo.pipeline.steps import load_run_config, read_timings, resolve_config
     from htgrpo.storage import join_uri, open_store
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    run_name = run_name or time.strftime("local-%Y%m%d-%H%M%S")
+    run_name = check_run_name(run_name or time.strftime("local-%Y%m%d-%H%M%S"), "--run-name")
     storage_uri = storage_uri or f"file://{out / 'store'}"
     tracking_uri = tracking_uri or f"sqlite:///{out / 'mlflow.db'}"
     overrides = [*(overrides or []), f"tracking.artifact_root={out / 'mlruns'}"]

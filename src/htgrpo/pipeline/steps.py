@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from htgrpo.config import Config, apply_overrides, config_to_dict, format_errors
+from htgrpo.config import Config, apply_overrides, check_run_name, config_to_dict, format_errors
 from htgrpo.errors import ConfigError, HtgrpoError
 from htgrpo.storage import checkpoint_is_whole, join_uri, open_store, split_uri
 from htgrpo.tracking import artifact_root_for
@@ -122,6 +122,11 @@ def _tracker(cfg: Config, run_root: str):
 # --- prepare_data -------------------------------------------------------------------------------------------
 
 
+def is_inline_config(config: str) -> bool:
+    """Whether the ``config`` parameter is inline YAML (several lines, or a ``{...}`` mapping) rather than a path."""
+    return "\n" in config or (config.strip().startswith("{") and config.strip().endswith("}"))
+
+
 def resolve_config(
     config: str,
     overrides: list[str] | None = None,
@@ -130,11 +135,13 @@ def resolve_config(
     shards: int,
     storage_uri: str = "",
     tracking_uri: str = "",
+    inline_source: str = "config parameter (inline YAML)",
 ) -> Config:
     """The run configuration: a YAML file path (or inline YAML), ``--set``-style overrides, then the pipeline's
-    own parameters; validated by the same pydantic models as ``htgrpo train``."""
-    if "\n" in config or (config.strip().startswith("{") and config.strip().endswith("}")):
-        source, text = "config parameter (inline YAML)", config
+    own parameters; validated by the same pydantic models as ``htgrpo train``. Errors name the file, or
+    ``inline_source`` for inline YAML."""
+    if is_inline_config(config):
+        source, text = inline_source, config
     else:
         path = Path(config)
         if not path.is_file():
@@ -204,16 +211,15 @@ def prepare_data(
     run. Returns config_json, run_root, parent_run_id and the shard ids."""
     start = time.time()
     from htgrpo.checkpoint import verify_checkpoint
-    from htgrpo.prompts import load_prompt_pool
+    from htgrpo.prompts import check_shapes_pool, load_prompt_pool
     from htgrpo.rl.rewards import check_reward_metadata
     from htgrpo.tracking import digest_rows
     from htgrpo.world.grammar import write_jsonl
 
+    check_run_name(run_name)  # it names the run's directory in the store: one safe path segment
     cfg = resolve_config(
         config, overrides, rounds=rounds, shards=shards, storage_uri=storage_uri, tracking_uri=tracking_uri
     )
-    if not run_name or "/" in run_name:
-        raise ConfigError(f"run_name: {run_name!r} must be a non-empty name without '/'")
     init = _absolute_file_uri(init_checkpoint) if "://" not in init_checkpoint else init_checkpoint
     meta = verify_checkpoint(init, cfg.storage)
     saved = Config.model_validate(meta["config"])
@@ -223,6 +229,8 @@ def prepare_data(
             f"(checkpoint {saved.backbone.model_dump()}, grid {meta['backbone']['grid']})"
         )
     rows = load_prompt_pool(cfg)
+    if cfg.backbone.kind == "tiny":
+        check_shapes_pool(rows, cfg.rl.prompts)
     check_reward_metadata(cfg.rl.rewards, rows)  # before any GPU step starts
     run_root = join_uri(cfg.storage.uri, "runs", run_name)
     store = open_store(run_root, cfg.storage)

@@ -214,8 +214,9 @@ class MixedReward:
             if value.shape != (len(images),):
                 raise ValueError(f"reward {name!r} returned {value.shape[0]} values for {len(images)} images")
             components[name] = value
-            # NaN stays NaN whatever the weight (0 * NaN), so a broken reward is never hidden by a zero weight
-            with np.errstate(invalid="ignore"):
+            # NaN stays NaN whatever the weight (0 * NaN), so a broken reward is never hidden by a zero weight;
+            # a product or sum that overflows is infinite, and counted with the non-finite rewards when scoring
+            with np.errstate(invalid="ignore", over="ignore"):
                 total = total + self.weights[name] * value
         return RewardOutput(total, components)
 

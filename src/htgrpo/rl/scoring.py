@@ -11,7 +11,7 @@ import math
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,33 @@ Gather = Callable[[tuple], list[tuple]]
 
 def _round(x: float | None, nd: int = 6) -> float | None:
     return None if x is None or not math.isfinite(x) else round(float(x), nd)
+
+
+NONFINITE_SKIP = "every group was skipped (non-finite rewards)"
+"""The ``skipped`` reason of a step whose every reward was non-finite (or overflowed); ``rl.max_skipped_steps``
+such steps in a row stop the run."""
+
+
+def nonfinite_components(
+    weights: Mapping[str, float], components: Mapping[str, np.ndarray], total: np.ndarray, dropped: np.ndarray
+) -> dict[str, int]:
+    """What made the ``dropped`` samples non-finite, as a count of samples per cause: a reward component's name
+    (its value NaN or infinite, or its weighted value overflowing), ``weighted_sum`` (every weighted component
+    finite, their sum not) or ``group_statistics`` (a finite total whose group's mean, std or z-score overflowed)."""
+    out: dict[str, int] = {}
+    explained = np.zeros(dropped.shape, dtype=bool)
+    for name, value in components.items():
+        with np.errstate(over="ignore", invalid="ignore"):
+            bad = ~np.isfinite(weights.get(name, 1.0) * np.asarray(value, dtype=np.float64))
+        if n := int((bad & dropped).sum()):
+            out[name] = n
+        explained |= bad
+    rest = dropped & ~explained
+    if n := int((rest & ~np.isfinite(total)).sum()):
+        out["weighted_sum"] = n
+    if n := int((rest & np.isfinite(total)).sum()):
+        out["group_statistics"] = n
+    return out
 
 
 def per_task(total: np.ndarray, metas: list[Metadata]) -> dict[str, float | None]:
@@ -80,16 +107,27 @@ def score_rollout(
     )
     seconds = time.perf_counter() - t0
     finite = np.isfinite(total)
+    with np.errstate(over="ignore", invalid="ignore"):  # huge finite rewards: the mean and std may overflow
+        mean = float(total[finite].mean()) if finite.any() else None
+        std = float(total[finite].std()) if finite.any() else None
+        means = {k: float(np.nanmean(v)) if np.isfinite(v).any() else None for k, v in components.items()}
     record: dict[str, Any] = {
         "step": batch.step,
         "images_sampled": batch.step * len(texts),
-        "reward_mean": _round(float(total[finite].mean())) if finite.any() else None,
-        "reward_std": _round(float(total[finite].std())) if finite.any() else None,
+        "reward_mean": _round(mean),
+        "reward_std": _round(std),
         "reward_per_task": per_task(total, metas),
-        "reward_components": {
-            k: _round(float(np.nanmean(v))) if np.isfinite(v).any() else None for k, v in components.items()
-        },
+        "reward_components": {k: _round(v) for k, v in means.items()},
         "nonfinite_rewards": adv.nonfinite,
+        **(
+            {
+                "nonfinite_components": nonfinite_components(
+                    getattr(reward, "weights", {}), components, total, adv.dropped
+                )
+            }
+            if adv.nonfinite and adv.dropped is not None
+            else {}
+        ),
         "groups_skipped": adv.groups_skipped,
         "zero_variance_share": _round(adv.zero_variance_share, 4),
         "samples_kept": int(adv.keep.sum()),
@@ -105,7 +143,7 @@ def score_rollout(
     skip = None
     if not adv.keep.any():
         skip = (
-            "every group was skipped (non-finite rewards)"
+            NONFINITE_SKIP
             if adv.groups_skipped == adv.groups
             else "no sample left to update (zero-variance groups dropped)"
         )
@@ -122,4 +160,4 @@ def score_rollout(
     )
 
 
-__all__ = ["per_task", "score_rollout"]
+__all__ = ["NONFINITE_SKIP", "nonfinite_components", "per_task", "score_rollout"]

@@ -64,7 +64,7 @@ from htgrpo.distributed import (
     broadcast_parameters,
 )
 from htgrpo.errors import CheckpointError, PromptError, RLError
-from htgrpo.prompts import check_prompt_pool, load_prompt_pool
+from htgrpo.prompts import check_prompt_pool, check_shapes_pool, load_prompt_pool
 from htgrpo.rl.adamw import AdamW
 from htgrpo.rl.advantages import PerPromptStatTracker
 from htgrpo.rl.estimators import IterationPlan, RolloutRecord, build_estimator
@@ -72,7 +72,7 @@ from htgrpo.rl.hierarchy import SCORED_RULES
 from htgrpo.rl.loss import LossOutput, grpo_loss, guided_log_probs, policy_log_probs
 from htgrpo.rl.phases import RolloutBatch, ScoredBatch
 from htgrpo.rl.rewards import check_reward_metadata, mixed_reward
-from htgrpo.rl.scoring import score_rollout
+from htgrpo.rl.scoring import NONFINITE_SKIP, score_rollout
 from htgrpo.rl.structure_scores import group_disagreement, oracle_object_cells, prompt_pmi
 from htgrpo.sampling import sample
 from htgrpo.sampling.core import model_device
@@ -84,7 +84,9 @@ METRICS = "metrics.jsonl"
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 REFERENCE_FILE = "reference.safetensors"
-RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_split"})
+RESUMABLE_CHANGES = frozenset(
+    {"steps", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_split", "max_skipped_steps"}
+)
 """rl keys a resumed run may change; any other difference from the checkpoint's rl section is an error."""
 
 _PURPOSE = {"prompts": 0, "rollout": 1, "plans": 2}
@@ -347,6 +349,8 @@ class GRPOTrainer:
             policy.encode_prompts([r["prompt"] for r in self.prompts])
         except PromptError as exc:
             raise RLError(f"rl.prompts {self.rl.prompts!r}: {exc}") from None
+        if cfg.backbone.kind == "tiny":  # the shapes world: every class and colour must be one it draws
+            check_shapes_pool(self.prompts, "given" if prompts is not None else self.rl.prompts)
         check_reward_metadata(self.rl.rewards, self.prompts)
         # the RL task mix is the run's (rl.task_weights), or even over the pool's tasks: never the mix the base
         # happened to be pretrained on
@@ -687,7 +691,9 @@ class GRPOTrainer:
         if upd is None:
             record_out.update(skipped=scored.skip, times={k: round(v, 4) for k, v in times.items()})
             tqdm.write(f"RL step {self.step + 1} skipped: {scored.skip}")
-            return self._finish_step(record_out)
+            record = self._finish_step(record_out)
+            self._check_nonfinite_streak()
+            return record
         n_run = len(upd.runnable)
         fp = record_out["forward_passes_per_sample"]
         per = (
@@ -763,6 +769,33 @@ class GRPOTrainer:
             self.policy.train()  # the same mode as the old / current log-probs
             return prompt_pmi(self.policy, texts, codes, self.rl.micro_batch)
         return group_disagreement(codes, groups)
+
+    def _check_nonfinite_streak(self) -> None:
+        """An ``RLError`` once the last ``rl.max_skipped_steps`` steps were all skipped for non-finite rewards,
+        naming the reward components that were non-finite (the history spans resumes and pipeline rounds)."""
+        limit = self.rl.max_skipped_steps
+        streak: list[dict[str, Any]] = []
+        for rec in reversed(self.history):
+            if rec.get("skipped") != NONFINITE_SKIP:
+                break
+            streak.append(rec)
+        if not limit or len(streak) < limit:
+            return
+        causes: dict[str, int] = {}
+        for rec in streak:
+            for name, n in (rec.get("nonfinite_components") or {}).items():
+                causes[name] = causes.get(name, 0) + n
+        every = ", ".join(self.rl.rewards)
+        labels = {
+            "weighted_sum": f"the weighted sum of {every}, which overflowed",
+            "group_statistics": f"the group mean and std of {every}, which overflowed",
+        }
+        named = "; ".join(f"{labels.get(name, name)} ({n} samples)" for name, n in causes.items())
+        raise RLError(
+            f"rl.max_skipped_steps={limit}: RL steps {streak[-1]['step']} to {streak[0]['step']} were all skipped "
+            f"because every reward was non-finite; non-finite reward components: {named or 'not recorded'}. Fix "
+            f"the reward or its weight (rl.rewards {dict(self.rl.rewards)})"
+        )
 
     def _finish_step(self, record: dict[str, Any]) -> dict[str, Any]:
         self.step += 1

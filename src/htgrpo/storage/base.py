@@ -6,17 +6,37 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from htgrpo.config import StorageConfig
+from htgrpo.errors import ConfigError
+
+SUPPORTED = "a plain path, file://DIR or s3://BUCKET/PREFIX"
+"""The locations a store can be opened at, as error messages name them."""
+
+
+def s3_key_escapes(key: str) -> bool:
+    """Whether an S3 key (or ``BUCKET/PREFIX``) has a ``..`` segment: S3 keys are names, not paths, and servers
+    refuse or resolve such keys differently, so a key must never try to leave its prefix."""
+    return ".." in str(key).split("/")
 
 
 def split_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/a/b`` -> ("s3", "bucket/a/b"); ``file://d`` and bare paths -> ("file", "d")."""
+    """``s3://bucket/a/b`` -> ("s3", "bucket/a/b"); ``file://d`` and bare paths -> ("file", "d").
+
+    Any other scheme (``gs://``, ``ftp://``), and an ``s3://`` URI with a ``..`` segment, is a ``ConfigError``
+    naming the URI, before any request is made.
+    """
     uri = str(uri)
     if uri.startswith("s3://"):
-        return "s3", uri[len("s3://") :].strip("/")
+        rest = uri[len("s3://") :].strip("/")
+        if s3_key_escapes(rest):
+            raise ConfigError(
+                f"storage URI {uri!r}: an S3 key must not contain a '..' segment (it would leave its prefix)"
+            )
+        return "s3", rest
     if uri.startswith("file://"):
         return "file", uri[len("file://") :]
     if "://" in uri:
-        raise ValueError(f"unsupported storage URI {uri!r}: use file://DIR or s3://BUCKET/PREFIX")
+        scheme = uri.split("://", 1)[0]
+        raise ConfigError(f"storage URI {uri!r}: unsupported scheme {scheme}://; supported: {SUPPORTED}")
     return "file", uri
 
 
@@ -87,4 +107,4 @@ def open_store(uri: str, storage: StorageConfig | None = None) -> Store:
     return FileStore(Path(rest))
 
 
-__all__ = ["Store", "join_uri", "local_path", "open_store", "split_uri"]
+__all__ = ["SUPPORTED", "Store", "join_uri", "local_path", "open_store", "s3_key_escapes", "split_uri"]

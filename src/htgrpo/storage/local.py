@@ -7,6 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
+from htgrpo.errors import ConfigError
 from htgrpo.storage.base import Store
 
 
@@ -18,7 +19,7 @@ class FileStore(Store):
     def _path(self, key: str) -> Path:
         key = key.strip("/")
         if any(part == ".." for part in key.split("/")):
-            raise ValueError(f"key {key!r} leaves the store")
+            raise ConfigError(f"key {key!r} leaves the store {self.uri} (a '..' segment)")
         return self.root / key if key else self.root
 
     def _atomic(self, key: str, write) -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from htgrpo.config import StorageConfig
-from htgrpo.errors import StorageError
-from htgrpo.storage.base import Store
+from htgrpo.errors import ConfigError, StorageError
+from htgrpo.storage.base import Store, s3_key_escapes
 
 T = TypeVar("T")
 MB = 1 << 20
@@ -64,6 +64,11 @@ class S3Store(Store):
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config as BotoConfig
 
+        if s3_key_escapes(prefix):
+            raise ConfigError(
+                f"storage URI s3://{bucket}/{prefix.strip('/')}: an S3 key must not contain a '..' segment "
+                "(it would leave its prefix)"
+            )
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.storage = storage
@@ -95,6 +100,11 @@ class S3Store(Store):
         return f"{self.prefix}/{key}" if self.prefix and key else (self.prefix or key)
 
     def _call(self, what: str, key: str, fn: Callable[[], T]) -> T:
+        if s3_key_escapes(key):  # refused here: a server answers 400 (or resolves the '..' itself)
+            raise ConfigError(
+                f"S3 {what} of {self.child(key)} refused before any request: the key {key!r} has a '..' "
+                "segment (it would leave the store's prefix)"
+            )
         s = self.storage
         attempts = s.retries + 1
         start = time.monotonic()

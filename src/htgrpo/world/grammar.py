@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from htgrpo.errors import ConfigError
 from htgrpo.eval.relations import RELATIONS
 from htgrpo.world.palette import COLOR_NAMES, SHAPES
 
@@ -217,22 +218,42 @@ def write_jsonl(rows: Iterable[Metadata], path: str | Path) -> Path:
     return path
 
 
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    return "null" if value is None else "number"
+
+
 def read_jsonl(path: str | Path) -> list[Metadata]:
-    """Read GenEval metadata rows, naming the file and line of a malformed row."""
+    """Read GenEval metadata rows; a line that is not JSON, or not a JSON object, is a ``ConfigError`` naming the
+    file and the line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); a prompt file is JSONL") from None
     rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            raise ConfigError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise ConfigError(
+                f"{path}:{lineno}: a GenEval row must be a JSON object, got a JSON {_json_kind(row)} "
+                f"({line.strip():.60})"
+            )
         missing = [k for k in ("tag", "include", "prompt") if k not in row]
         if missing:
-            raise ValueError(f"{path}:{lineno}: GenEval row lacks {', '.join(missing)}")
+            raise ConfigError(f"{path}:{lineno}: GenEval row lacks {', '.join(missing)}")
         row.setdefault("exclude", [])
         rows.append(row)
     return rows
