@@ -99,6 +99,50 @@ def short_hash(obj: Any, n: int = 16) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:n]
 
 
+def _keyed_rl(rl: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The resolved rl section without the keys at their field default: a field added to RLConfig later (with a
+    default that keeps the old behaviour) leaves the keys of cached jobs unchanged."""
+    if rl is None:
+        return None
+    fields = RLConfig.model_fields
+    return {
+        k: v
+        for k, v in rl.items()
+        if k not in fields
+        or fields[k].default_factory is not None
+        or json.dumps(v) != json.dumps(_jsonable(fields[k].default))
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def job_key(
+    init: str,
+    manifest: str | None,
+    rl: dict[str, Any] | None,
+    other: list[str],
+    splits: list[str],
+    images_per_prompt: int,
+    eval_seed: int,
+    eval_prompts: int | None,
+) -> str:
+    """The cache key of a job: everything that determines its result."""
+    return short_hash(
+        {
+            "init": init,
+            "manifest": manifest,
+            "rl": _keyed_rl(rl),
+            "other": other,
+            "splits": splits,
+            "images_per_prompt": images_per_prompt,
+            "eval_seed": eval_seed,
+            "eval_prompts": eval_prompts,
+        }
+    )
+
+
 def manifest_sha256(init: str) -> str | None:
     """sha256 of the base checkpoint's manifest file (it lists every file's hash), if the base is a local one."""
     path = Path(init) / "manifest.json"
@@ -214,17 +258,15 @@ class Plan:
     ) -> dict[str, Any]:
         rl = None if method == "base" else resolve_rl(self.rl_section, overrides)
         other = [o for o in overrides if not o.startswith("rl.")]
-        key = short_hash(
-            {
-                "init": self.init,
-                "manifest": self.manifest,
-                "rl": rl,
-                "other": other,
-                "splits": splits,
-                "images_per_prompt": images_per_prompt,
-                "eval_seed": self.p["eval_seed"],
-                "eval_prompts": self.eval_prompts,
-            }
+        key = job_key(
+            self.init,
+            self.manifest,
+            rl,
+            other,
+            splits,
+            images_per_prompt,
+            self.p["eval_seed"],
+            self.eval_prompts,
         )
         return {
             "key": key,
@@ -500,7 +542,9 @@ def runs_dir(out: Path) -> Path:
     return out.parent / f"{out.name}.runs"
 
 
-def load_cache(runs: Path) -> dict[str, dict[str, Any]]:
+def load_cache(runs: Path, manifest: str | None = None) -> dict[str, dict[str, Any]]:
+    """Every finished job, by its key as this version of the script computes it from the job's stored inputs (so
+    a job cached before a new rl field was added is still found); ``manifest``: the base's, for that key."""
     cache = {}
     if runs.is_dir():
         for path in sorted(runs.glob("*.json")):
@@ -510,7 +554,21 @@ def load_cache(runs: Path) -> dict[str, dict[str, Any]]:
                 res = json.loads(path.read_text())
             except json.JSONDecodeError:
                 continue  # a file cut short: the job is simply pending again
-            cache[res.get("key", path.stem)] = res
+            key = res.get("key", path.stem)
+            if all(k in res for k in ("init", "overrides", "splits", "images_per_prompt", "eval_seed")):
+                other = [o for o in res["overrides"] if not o.startswith("rl.")]
+                key = job_key(
+                    res["init"],
+                    manifest,
+                    res.get("rl"),
+                    other,
+                    res["splits"],
+                    res["images_per_prompt"],
+                    res["eval_seed"],
+                    res.get("eval_prompts"),
+                )
+                res["key"] = key
+            cache[key] = res
     return cache
 
 
@@ -1184,7 +1242,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             resolve_rl(plan.rl_section, plan.trained(m, 0, plan.grid[0]))
     except Exception as exc:
         raise SystemExit(f"the settings do not give a valid rl section: {exc}") from None
-    cache = load_cache(runs)
+    cache = load_cache(runs, plan.manifest)
     plan.widen(cache)
     failures: list[dict[str, Any]] = []
     interrupted = False

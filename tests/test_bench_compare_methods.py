@@ -175,3 +175,18 @@ def test_resumable_run_pending_verdicts_and_render_only(cm, small_base, tmp_path
     assert again["methods"].keys() == data["methods"].keys() and len(again["pending"]) == pending
     assert again["ablations"].keys() == data["ablations"].keys()
     assert out.with_suffix(".png").is_file() and "| base |" in out.with_suffix(".md").read_text()
+
+
+def test_a_field_added_at_its_default_keeps_cached_keys(cm):
+    """A job cached before RLConfig gained a field (at a default that keeps the old behaviour) is still found."""
+    from htgrpo.config import RLConfig
+
+    rl = RLConfig(method="maskgrpo").model_dump(mode="json")
+    before = {k: v for k, v in rl.items() if k != "max_skipped_steps"}  # as a job cached earlier stored it
+    args = ("checkpoints/base", "abc", [], ["val"], 4, 1234, None)
+    assert cm.job_key(args[0], args[1], before, *args[2:]) == cm.job_key(args[0], args[1], rl, *args[2:])
+    changed = {**rl, "max_skipped_steps": 5}
+    assert cm.job_key(args[0], args[1], changed, *args[2:]) != cm.job_key(args[0], args[1], rl, *args[2:])
+    assert cm.job_key(args[0], args[1], {**rl, "lr": 1e-4}, *args[2:]) != cm.job_key(
+        args[0], args[1], rl, *args[2:]
+    )
