@@ -91,11 +91,7 @@ def interval(
     if not rows:
         raise ValueError("no rows to bootstrap")
     values = np.array([r[key] for r in rows], dtype=np.float64)
-    tags = np.array([r["tag"] for r in rows])
-    groups = _groups(tags, key)
-    reps = _resampled(values, groups, np.random.default_rng(seed), samples)
-    lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
-    return _summary(_point(values, groups), float(lo), float(hi))
+    return _bootstrap(values, [r["tag"] for r in rows], key, level, samples, seed)
 
 
 def paired_difference(
@@ -111,8 +107,14 @@ def paired_difference(
     prompts for both): {value, lo, hi, half_width}. ``a`` beats ``b`` beyond the interval when lo > 0."""
     _same_prompts([a, b])
     diff = np.array([ra[key] - rb[key] for ra, rb in zip(a, b, strict=True)], dtype=np.float64)
-    tags = np.array([r["tag"] for r in a])
-    values, groups = diff, _groups(tags, key)
+    return _bootstrap(diff, [r["tag"] for r in a], key, level, samples, seed)
+
+
+def _bootstrap(
+    values: np.ndarray, tags: Sequence[str], key: str, level: float, samples: int, seed: int
+) -> dict[str, float]:
+    """The point value of per-prompt ``values`` and the quantiles of its bootstrap replicates."""
+    groups = _groups(np.array(tags), key)
     reps = _resampled(values, groups, np.random.default_rng(seed), samples)
     lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
     return _summary(_point(values, groups), float(lo), float(hi))
